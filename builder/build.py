@@ -1,0 +1,232 @@
+"""The build command's flow: render -> build -> smoke -> tag -> push.
+
+Nothing is tagged before the smoke passed and nothing is pushed unless it passed; a version
+already in the registry with other content is refused, the same content is a no-op. The token
+goes to the build only as a BuildKit secret file outside the build context, and is scrubbed
+from the log we echo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from builder.docker import BuildRequest, Docker
+from builder.errors import ConfigError, InputError, ManifestError, RegistryError, SmokeTestFailed
+from builder.manifest import Manifest
+from builder.project import Project
+from builder.registry import RegistryClient, RegistryRef
+from builder.render import DEFAULT_PORT, RenderOptions, write_context
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    registry: str | None = None
+    push: bool = True
+    base_image: str | None = None
+    gpus: str = "auto"  # auto | all | none
+    no_cache: bool = False
+    network: str = "host"
+    ca_bundle: Path | None = None
+    pip_conf: Path | None = None
+    hf_endpoint: str | None = None
+
+
+@dataclass
+class BuildResult:
+    name: str
+    version: str
+    image_id: str
+    smoke: dict[str, Any]
+    tag: str
+    digest_reference: str | None = None
+    pushed: bool = False
+    already_in_registry: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
+    run_commands: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def hub_token() -> str | None:
+    """The Hub token the way huggingface_hub finds it: $HF_TOKEN, then the saved login."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    return token.strip() if token else None
+
+
+def _check_inputs(manifest: Manifest, origin: str, options: BuildOptions, token: str | None) -> RegistryRef | None:
+    if not manifest.locked and manifest.profile != "experimental":
+        items = manifest.unlocked_items()
+        raise ManifestError(
+            f"{origin}: not locked ({len(items)} unpinned: {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}): "
+            f"run `python -m builder lock {manifest.name}` or set profile: experimental"
+        )
+    gated = [s.repo_id for s in manifest.sources if s.gated]
+    if gated and token is None:
+        raise ConfigError(
+            f"{origin}: {', '.join(gated)} is gated and no Hub token is set: accept the licence on the model page "
+            f"and set HF_TOKEN (or run `hf auth login`)"
+        )
+    for flag, path in (("--ca-bundle", options.ca_bundle), ("--pip-conf", options.pip_conf)):
+        if path is not None and not path.is_file():
+            raise InputError(f"{flag} {path}: no such file")
+    if options.push and not options.registry:
+        raise InputError("no registry to push to: pass --registry HOST[:PORT][/NAMESPACE], set BUILDER_REGISTRY, or --no-push")
+    return RegistryRef.parse(options.registry) if options.registry else None
+
+
+def run_build(
+    manifest: Manifest,
+    origin: str,
+    project: Project,
+    options: BuildOptions,
+    connect: Callable[[], Docker],
+    say: Say,
+    on_build_line: Callable[[str], None],
+    on_push_event: Callable[[dict], None] = lambda event: None,
+) -> BuildResult:
+    token = hub_token()
+    registry = _check_inputs(manifest, origin, options, token)
+    docker = connect()  # after the input checks: bad input is reported even where no engine runs
+    gpus = options.gpus != "none" and docker.has_gpu_runtime()
+    if options.gpus == "all" and not gpus:
+        raise ConfigError("--gpus all: this Docker engine has no NVIDIA runtime: install nvidia-container-toolkit or use --gpus auto")
+    seconds: dict[str, float] = {}
+
+    render_options = RenderOptions(
+        base_image=options.base_image,
+        ca_bundle=options.ca_bundle is not None,
+        source_revision=project.git_revision(),
+    )
+    with tempfile.TemporaryDirectory(prefix="builder-ctx-") as ctx_dir, \
+            tempfile.TemporaryDirectory(prefix="builder-secrets-") as secret_dir:
+        context = write_context(manifest, origin, render_options, project, Path(ctx_dir) / "context")
+        secrets: dict[str, Path] = {}
+        if token is not None:
+            token_file = Path(secret_dir) / "hf_token"
+            token_file.touch(mode=0o600)
+            token_file.write_text(token, encoding="utf-8")
+            secrets["hf_token"] = token_file
+        if options.ca_bundle is not None:
+            secrets["ca_bundle"] = options.ca_bundle.resolve()
+        if options.pip_conf is not None:
+            secrets["pip_conf"] = options.pip_conf.resolve()
+        endpoint = options.hf_endpoint or os.environ.get("HF_ENDPOINT")
+        build_args = {"HF_ENDPOINT": endpoint.rstrip("/")} if endpoint else {}
+        say(f"build {manifest.name}:{manifest.version} with {docker.build_tool.describe()}")
+        started = time.perf_counter()
+        image_id = docker.build(
+            BuildRequest(context, secrets, build_args, options.network, options.no_cache),
+            on_line=on_build_line,
+            scrub=[token] if token else [],
+        )
+        seconds["build"] = round(time.perf_counter() - started, 2)
+    say(f"built {image_id[:19]} in {seconds['build']:.1f}s")
+
+    say(f"smoke test in the image ({'GPU' if gpus else 'CPU'}, no network)")
+    started = time.perf_counter()
+    smoke = run_smoke(docker, image_id, manifest, gpus)
+    seconds["smoke"] = round(time.perf_counter() - started, 2)
+    say(f"smoke passed in {seconds['smoke']:.1f}s: {smoke_summary(smoke)}")
+
+    repository = registry.repository(manifest.name) if registry else manifest.name
+    docker.tag(image_id, repository, manifest.version)
+    result = BuildResult(manifest.name, manifest.version, image_id, smoke, f"{repository}:{manifest.version}",
+                         seconds=seconds)
+    if registry is None or not options.push:
+        return _with_run_commands(result, manifest, docker, gpus)
+
+    client = RegistryClient(registry)
+    existing = client.image(manifest.name, manifest.version)
+    if existing is not None:
+        if existing.config_digest == image_id:
+            say(f"{result.tag} already holds this image: nothing to push")
+            result.digest_reference = f"{repository}@{existing.digest}"
+            result.already_in_registry = True
+            return _with_run_commands(result, manifest, docker, gpus)
+        raise RegistryError(
+            f"{result.tag} already exists with other content ({existing.digest}); versions are immutable: "
+            f"bump version in {origin} and build again"
+        )
+    say(f"push {result.tag}")
+    started = time.perf_counter()
+    digest = docker.push(repository, manifest.version, on_push_event)
+    seconds["push"] = round(time.perf_counter() - started, 2)
+    pushed = client.image(manifest.name, digest)
+    if pushed is None or pushed.config_digest not in (None, image_id):
+        raise RegistryError(f"the registry does not hold {repository}@{digest} after the push: check its logs")
+    result.digest_reference = f"{repository}@{digest}"
+    result.pushed = True
+    return _with_run_commands(result, manifest, docker, gpus)
+
+
+def _with_run_commands(result: BuildResult, manifest: Manifest, docker: Docker, gpus: bool) -> BuildResult:
+    host_network = not docker.client.networks.list(names=["bridge"])  # dockerd --bridge=none: no -p
+    result.run_commands = run_instructions(manifest, result.digest_reference or result.tag, host_network, gpus)
+    return result
+
+
+def run_smoke(docker: Docker, image_id: str, manifest: Manifest, gpus: bool) -> dict[str, Any]:
+    smoke = manifest.smoke_test
+    timeout = smoke.load_timeout_seconds + smoke.max_seconds + 60
+    code, stdout, stderr = docker.run_to_completion(
+        image_id, ["python3", "-m", "server.smoke"], timeout=timeout, gpus=gpus,
+        environment={"BUILDER_DEVICE": "cuda" if gpus else "cpu"},
+    )
+    result: dict[str, Any] | None = None
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            result = json.loads(line)
+            break
+        except ValueError:
+            continue
+    if result is None:
+        last = (stderr.strip().splitlines() or ["no output"])[-1][:300]
+        raise SmokeTestFailed(
+            f"{manifest.name}: smoke test crashed (exit {code}) without a result: {last}; nothing was tagged or pushed"
+        )
+    if code != 0 or not result.get("passed"):
+        raise SmokeTestFailed(
+            f"{manifest.name}: smoke test failed: {result.get('reason') or f'exit code {code}'}; nothing was tagged or pushed"
+        )
+    return result
+
+
+def smoke_summary(smoke: dict[str, Any]) -> str:
+    parts = [f"device {smoke.get('device')}"]
+    if smoke.get("load_seconds") is not None:
+        parts.append(f"load {smoke['load_seconds']:.1f}s")
+    if smoke.get("inference_seconds") is not None:
+        parts.append(f"inference {smoke['inference_seconds']:.2f}s")
+    if smoke.get("peak_rss_mb") is not None:
+        parts.append(f"peak RSS {smoke['peak_rss_mb']:.0f} MB")
+    if smoke.get("peak_gpu_mb") is not None:
+        parts.append(f"peak GPU {smoke['peak_gpu_mb']:.0f} MB")
+    return ", ".join(parts)
+
+
+def run_instructions(manifest: Manifest, reference: str, host_network: bool, gpus: bool) -> list[str]:
+    """The docker run and curl lines that produce an output from the built image."""
+    port = DEFAULT_PORT
+    network = "--network host" if host_network else f"-p {port}:{port}"
+    gpu = " --gpus all" if gpus else ""
+    lines = [f"docker run --rm{gpu} {network} -e PORT={port} {reference}"]
+    if manifest.task == "text-to-image":
+        body = {k: v for k, v in manifest.smoke_test.inputs.items() if k != "seed"}
+        lines.append(
+            f"curl -sf -X POST http://127.0.0.1:{port}/v1/predict -H 'Content-Type: application/json' "
+            f"-H 'Accept: image/png' -d {shlex.quote(json.dumps(body))} -o {manifest.name}.png"
+        )
+    return lines

@@ -1,0 +1,221 @@
+"""The command line: python -m builder COMMAND.
+
+Progress goes to stderr, results to stdout (`--json` for machines). Only `main()` catches
+broadly: a BuilderError prints one line that says what to do and exits with its code (2 for bad
+input, 1 for a failed build); anything else is a bug, shown as one line unless BUILDER_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from builder import __version__
+from builder.errors import BuilderError, ManifestError
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _project(ctx: click.Context):
+    from builder.project import Project
+
+    return Project.locate(ctx.obj.get("root"))
+
+
+def _load(project, target: str):
+    from builder.manifest import load_manifest
+
+    path = project.manifest_path(target)
+    manifest = load_manifest(path)
+    from builder.manifest import display_path
+
+    return manifest, display_path(path)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Project directory (manifests/, templates/, server/).")
+@click.version_option(__version__, prog_name="builder")
+@click.pass_context
+def cli(ctx: click.Context, root: Path | None) -> None:
+    """Bake model weights into versioned, verified inference images."""
+    ctx.ensure_object(dict)
+    ctx.obj["root"] = root
+
+
+@cli.command()
+@click.argument("targets", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per manifest on stdout.")
+@click.pass_context
+def validate(ctx: click.Context, targets: tuple[str, ...], as_json: bool) -> None:
+    """Check manifests (NAME or PATH; default: every manifest). Lists every problem."""
+    from builder.manifest import display_path, load_manifest
+
+    project = _project(ctx)
+    paths = [project.manifest_path(t) for t in targets] if targets else project.all_manifests()
+    if not paths:
+        raise ManifestError(f"no manifests in {project.manifests_dir}")
+    failed = 0
+    for path in paths:
+        try:
+            manifest = load_manifest(path)
+        except ManifestError as exc:
+            failed += 1
+            for problem in exc.problems or (str(exc),):
+                err.print(f"[red]error:[/red] {problem}", markup=True)
+            if as_json:
+                click.echo(json.dumps({"path": display_path(path), "valid": False, "problems": list(exc.problems or (str(exc),))}))
+            continue
+        state = "locked" if manifest.locked else f"UNLOCKED ({len(manifest.unlocked_items())} unpinned)"
+        if as_json:
+            click.echo(json.dumps({"path": display_path(path), "valid": True, "name": manifest.name,
+                                   "version": manifest.version, "locked": manifest.locked, "digest": manifest.digest}))
+        else:
+            click.echo(f"ok {display_path(path)}: {manifest.name} {manifest.version}, {manifest.profile}, {state}")
+    if failed:
+        raise ManifestError(f"{failed} of {len(paths)} manifests are invalid (problems listed above)")
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--context", "context_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write the whole build context here instead of printing the Dockerfile.")
+@click.option("--base-image", help="Use this base image instead of the manifest's runtime.base_image.")
+@click.option("--ca-bundle", is_flag=True, help="Render as for a build with --ca-bundle.")
+@click.pass_context
+def render(ctx: click.Context, target: str, context_dir: Path | None, base_image: str | None, ca_bundle: bool) -> None:
+    """Print the Dockerfile for a manifest, or write its build context."""
+    from builder.render import RenderOptions, render_dockerfile, write_context
+
+    project = _project(ctx)
+    manifest, origin = _load(project, target)
+    options = RenderOptions(base_image=base_image, ca_bundle=ca_bundle)
+    if context_dir is None:
+        click.echo(render_dockerfile(manifest, origin, options, project), nl=False)
+        return
+    write_context(manifest, origin, options, project, context_dir)
+    click.echo(str(context_dir))
+
+
+class _PushProgress:
+    """One progress bar over all layers of a push."""
+
+    def __init__(self) -> None:
+        self.layers: dict[str, tuple[int, int]] = {}
+        self.progress = Progress(TextColumn("push"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                                 console=err, transient=True)
+        self.task = self.progress.add_task("push", total=None)
+
+    def __call__(self, event: dict) -> None:
+        detail = event.get("progressDetail") or {}
+        layer = event.get("id")
+        if layer and event.get("status") == "Pushing" and detail.get("total"):
+            self.layers[layer] = (detail.get("current", 0), detail["total"])
+        elif layer and event.get("status") in ("Pushed", "Layer already exists") and layer in self.layers:
+            self.layers[layer] = (self.layers[layer][1], self.layers[layer][1])
+        done = sum(c for c, _ in self.layers.values())
+        total = sum(t for _, t in self.layers.values())
+        self.progress.update(self.task, completed=done, total=total or None)
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--registry", envvar="BUILDER_REGISTRY", help="HOST[:PORT][/NAMESPACE] to push to ($BUILDER_REGISTRY).")
+@click.option("--push/--no-push", default=True, show_default=True, help="Push after the smoke test passes.")
+@click.option("--base-image", help="Build on this image instead of the manifest's runtime.base_image.")
+@click.option("--gpus", type=click.Choice(["auto", "all", "none"]), default="auto", show_default=True,
+              help="Run the smoke test on the GPU: auto uses one when the engine has the NVIDIA runtime.")
+@click.option("--no-cache", is_flag=True, help="Build every step again (the pip cache mount stays).")
+@click.option("--network", default="host", show_default=True, help="Network for build steps (host or default).")
+@click.option("--ca-bundle", type=click.Path(dir_okay=False, path_type=Path), envvar="BUILDER_CA_BUNDLE",
+              help="CA bundle for a TLS-intercepting proxy, passed as a build secret, never stored in the image.")
+@click.option("--pip-conf", type=click.Path(dir_okay=False, path_type=Path), envvar="BUILDER_PIP_CONF",
+              help="pip.conf (index URL with credentials...) passed as a build secret.")
+@click.option("--hf-endpoint", help="Hub endpoint to fetch from (default: $HF_ENDPOINT, else huggingface.co).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="Do not echo the build log.")
+@click.pass_context
+def build(ctx: click.Context, target: str, registry: str | None, push: bool, base_image: str | None, gpus: str,
+          no_cache: bool, network: str, ca_bundle: Path | None, pip_conf: Path | None, hf_endpoint: str | None,
+          as_json: bool, quiet: bool) -> None:
+    """Build, smoke-test and push the image for a manifest."""
+    from builder.build import BuildOptions, run_build
+    from builder.docker import Docker
+
+    project = _project(ctx)
+    manifest, origin = _load(project, target)
+    options = BuildOptions(registry=registry, push=push, base_image=base_image, gpus=gpus, no_cache=no_cache,
+                           network=network, ca_bundle=ca_bundle, pip_conf=pip_conf, hf_endpoint=hf_endpoint)
+    def say(message: str) -> None:
+        err.print(f"[bold cyan]==>[/bold cyan] {message}", markup=True)
+
+    def echo_build(line: str) -> None:
+        if not quiet:
+            sys.stderr.write(f"    {line}\n")
+
+    push_progress = _PushProgress()
+    with push_progress.progress:
+        result = run_build(manifest, origin, project, options, Docker.connect, say, echo_build, push_progress)
+    if as_json:
+        click.echo(result.to_json())
+        return
+    if result.pushed or result.already_in_registry:
+        click.echo(f"pushed {result.digest_reference}")
+        click.echo(f"  tag {result.tag} (immutable: a new build needs a new version)")
+    else:
+        click.echo(f"built {result.tag} ({result.image_id[:19]}), not pushed")
+    click.echo("run it:")
+    for line in result.run_commands:
+        click.echo(f"  {line}")
+
+
+@cli.command()
+@click.option("--write", is_flag=True, help="Write manifests/manifest.schema.json.")
+@click.option("--check", is_flag=True, help="Exit 1 when the committed schema differs from the model.")
+@click.pass_context
+def schema(ctx: click.Context, write: bool, check: bool) -> None:
+    """Print (or write, or check) the manifest JSON Schema generated from the model."""
+    from builder.errors import BuilderError as _Error
+    from builder.manifest import json_schema
+
+    text = json_schema()
+    path = _project(ctx).manifests_dir / "manifest.schema.json"
+    if write:
+        path.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {path}")
+    elif check:
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            raise _Error(f"{path} is out of date: run `python -m builder schema --write` and commit it")
+        click.echo(f"{path} is up to date")
+    else:
+        click.echo(text, nl=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="builder", standalone_mode=False)
+    except click.exceptions.Abort:
+        err.print("interrupted")
+        sys.exit(130)
+    except click.exceptions.ClickException as exc:
+        err.print(f"error: {exc.format_message()} (see --help)", markup=False)
+        sys.exit(exc.exit_code if exc.exit_code else 2)
+    except BuilderError as exc:
+        if os.environ.get("BUILDER_DEBUG") == "1":
+            traceback.print_exc()
+        err.print(f"error: {exc}", markup=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the one broad catch: a bug, shown as one line
+        if os.environ.get("BUILDER_DEBUG") == "1":
+            traceback.print_exc()
+        err.print(f"internal error: {type(exc).__name__}: {exc} (run with BUILDER_DEBUG=1 for the traceback)", markup=False)
+        sys.exit(1)

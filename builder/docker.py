@@ -1,0 +1,237 @@
+"""The Docker engine: BuildKit builds, the smoke container, tags and pushes.
+
+Builds go through the docker CLI, because the Docker SDK's build call uses the legacy builder,
+which has no secret mounts (https://github.com/docker/docker-py/issues/2230). Which CLI can run
+a BuildKit build is detected, not assumed: `docker buildx build --load` where the buildx plugin
+exists, else a pre-23 client with DOCKER_BUILDKIT=1 (Docker 23 moved BuildKit builds into
+buildx, so newer clients without the plugin refuse). Everything else (run, tag, push, inspect)
+goes through the SDK.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from builder.errors import BuilderError, DockerError, InputError, RegistryError, from_marker
+
+LineSink = Callable[[str], None]
+_STEP_ERROR = re.compile(r"(?:ERROR: |error: |did not complete successfully|failed to solve)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class BuildTool:
+    """How to start a BuildKit build on this host."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        prefix = " ".join(f"{k}={v}" for k, v in self.env.items())
+        return f"{prefix} {' '.join(self.argv)}".strip()
+
+
+def _client_major(cli: str) -> int | None:
+    try:
+        out = subprocess.run([cli, "--version"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"version (\d+)\.", out)
+    return int(match.group(1)) if match else None
+
+
+def _has_buildx(cli: str) -> bool:
+    try:
+        return subprocess.run([cli, "buildx", "version"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def detect_build_tool(environ: Mapping[str, str] = os.environ, fallbacks: Iterable[str] = ("/usr/bin/docker",)) -> BuildTool:
+    """The first docker CLI that can run BuildKit builds ($BUILDER_DOCKER_CLI, PATH, /usr/bin)."""
+    candidates: list[str] = []
+    for name in (environ.get("BUILDER_DOCKER_CLI"), shutil.which("docker", path=environ.get("PATH")), *fallbacks):
+        if name and os.path.exists(name) and os.path.realpath(name) not in map(os.path.realpath, candidates):
+            candidates.append(name)
+    if not candidates:
+        raise DockerError("no docker CLI found: install Docker (the engine and its CLI) and build again")
+    for cli in candidates:
+        if _has_buildx(cli):
+            return BuildTool((cli, "buildx", "build", "--load"))
+    for cli in candidates:
+        major = _client_major(cli)
+        if major is not None and major < 23:
+            return BuildTool((cli, "build"), {"DOCKER_BUILDKIT": "1"})
+    raise DockerError(
+        f"none of {', '.join(candidates)} can run a BuildKit build: install the docker buildx plugin "
+        "(`docker buildx version` must work) or point BUILDER_DOCKER_CLI at a client that can"
+    )
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    context: Path
+    secrets: Mapping[str, Path] = field(default_factory=dict)  # id -> file; files stay outside the context
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    network: str = "host"
+    no_cache: bool = False
+
+
+def _failure_summary(lines: list[str]) -> str:
+    """The most telling line of a failed BuildKit log, with a hint where we know one."""
+    interesting = [line for line in lines if _STEP_ERROR.search(line)]
+    pick = interesting[0] if interesting else (lines[-1] if lines else "no output")
+    pick = re.sub(r"^#\d+\s+(?:\d+\.\d+\s+)?", "", pick).strip()[:400]
+    if any("CERTIFICATE_VERIFY_FAILED" in line for line in lines):
+        pick += " (TLS verification failed inside the build: behind a TLS-intercepting proxy, pass --ca-bundle)"
+    return pick
+
+
+class Docker:
+    """One connection to a Docker engine; pass it in, never a global."""
+
+    def __init__(self, client: Any, build_tool: BuildTool | None = None) -> None:
+        self.client = client
+        self._build_tool = build_tool
+
+    @classmethod
+    def connect(cls) -> "Docker":
+        import docker
+        from docker.errors import DockerException
+
+        try:
+            client = docker.from_env(timeout=300)
+            client.ping()
+        except DockerException as exc:
+            where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+            raise DockerError(
+                f"cannot reach the Docker engine at {where}: start dockerd (or set DOCKER_HOST) and build again "
+                f"({' '.join(str(exc).split())[:160]})"
+            ) from None
+        return cls(client)
+
+    @property
+    def build_tool(self) -> BuildTool:
+        if self._build_tool is None:
+            self._build_tool = detect_build_tool()
+        return self._build_tool
+
+    # -- build -------------------------------------------------------------------------------
+    def build(self, request: BuildRequest, on_line: LineSink, scrub: Iterable[str] = ()) -> str:
+        """Run the build; return the image id. Nothing is tagged: a tag comes only after the smoke."""
+        tool = self.build_tool
+        secrets_to_hide = [s for s in scrub if s]
+        with tempfile.TemporaryDirectory(prefix="builder-iid-") as tmp:
+            iidfile = Path(tmp, "iid")
+            argv = [*tool.argv, "--progress=plain", "--network", request.network, "--iidfile", str(iidfile)]
+            for secret_id, path in sorted(request.secrets.items()):
+                argv += ["--secret", f"id={secret_id},src={path}"]
+            for key, value in sorted(request.build_args.items()):
+                argv += ["--build-arg", f"{key}={value}"]
+            if request.no_cache:
+                argv.append("--no-cache")
+            argv.append(str(request.context))
+            env = {**os.environ, **tool.env}
+            tail: list[str] = []
+            carried: BuilderError | None = None
+            try:
+                proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                        text=True, errors="replace", bufsize=1)
+            except OSError as exc:
+                raise DockerError(f"cannot start {tool.describe()}: {exc}") from None
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = raw.rstrip("\n")
+                for secret in secrets_to_hide:
+                    line = line.replace(secret, "***")
+                carried = carried or from_marker(line)
+                tail = (tail + [line])[-60:]
+                on_line(line)
+            code = proc.wait()
+            if code != 0:
+                if carried is not None:
+                    raise carried
+                raise DockerError(f"image build failed: {_failure_summary(tail)} (the build log above has the rest)")
+            image_id = iidfile.read_text().strip()
+        if not image_id.startswith("sha256:"):
+            raise DockerError(f"the build finished but reported no image id (got {image_id!r})")
+        return image_id
+
+    # -- inspect, run ------------------------------------------------------------------------
+    def has_gpu_runtime(self) -> bool:
+        info = self.client.info()
+        return "nvidia" in (info.get("Runtimes") or {})
+
+    def image_labels(self, ref: str) -> dict[str, str]:
+        return dict(self.client.images.get(ref).labels or {})
+
+    def run_to_completion(self, image: str, command: list[str], *, timeout: float, gpus: bool,
+                          environment: Mapping[str, str] | None = None) -> tuple[int, str, str]:
+        """Run a container with no network; (exit code, stdout, stderr). Removed afterwards."""
+        from docker.errors import DockerException
+        from docker.types import DeviceRequest
+        from requests.exceptions import ConnectionError as RequestsConnectionError
+        from requests.exceptions import ReadTimeout
+
+        requests_ = [DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None
+        try:
+            container = self.client.containers.run(
+                image, command, detach=True, network_mode="none", device_requests=requests_,
+                environment=dict(environment or {}),
+            )
+        except DockerException as exc:
+            raise DockerError(f"cannot start a container from {image[:19]}: {' '.join(str(exc).split())[:300]}") from None
+        try:
+            try:
+                status = container.wait(timeout=timeout)
+            except (ReadTimeout, RequestsConnectionError):
+                return 124, "", f"did not finish within {timeout:.0f}s"
+            stdout = container.logs(stdout=True, stderr=False).decode("utf-8", "replace")
+            stderr = container.logs(stdout=False, stderr=True).decode("utf-8", "replace")
+            return int(status.get("StatusCode", 1)), stdout, stderr
+        finally:
+            try:
+                container.remove(force=True)
+            except DockerException:
+                pass
+
+    # -- tag, push ---------------------------------------------------------------------------
+    def tag(self, image_id: str, repository: str, tag: str) -> None:
+        from docker.errors import DockerException
+
+        try:
+            self.client.api.tag(image_id, repository, tag, force=True)
+        except DockerException as exc:
+            raise DockerError(f"cannot tag {image_id[:19]} as {repository}:{tag}: {exc}") from None
+
+    def push(self, repository: str, tag: str, on_event: Callable[[dict], None]) -> str:
+        """Push repository:tag; return the manifest digest the registry reported."""
+        from docker.errors import DockerException
+
+        digest = None
+        try:
+            for event in self.client.api.push(repository, tag=tag, stream=True, decode=True):
+                if "error" in event:
+                    detail = event.get("errorDetail", {}).get("message") or event["error"]
+                    raise RegistryError(f"push of {repository}:{tag} failed: {detail}")
+                aux = event.get("aux") or {}
+                digest = aux.get("Digest", digest)
+                on_event(event)
+        except DockerException as exc:
+            raise RegistryError(f"push of {repository}:{tag} failed: {' '.join(str(exc).split())[:300]}") from None
+        if not digest:
+            raise RegistryError(f"push of {repository}:{tag} reported no digest: check the registry's logs")
+        return digest
+
+
+def parse_gpus(value: str) -> str:
+    if value not in ("auto", "all", "none"):
+        raise InputError(f"--gpus {value}: expected auto, all or none")
+    return value

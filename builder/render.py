@@ -1,0 +1,285 @@
+"""Manifest -> Dockerfile and build context.
+
+All values are computed here, in Python, into one frozen `DockerfileContext`; the templates
+only substitute, loop and branch. One cached Jinja environment with StrictUndefined, so a
+misspelled variable fails instead of rendering empty. Two filters guard the two ways a value
+can be misread: `sh` (shlex.quote) for anything a shell will parse, `dq` for Dockerfile
+double-quoted strings (LABEL, ENV), where `$` would otherwise expand and `"` end the string.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shlex
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import jinja2
+
+from builder import __version__
+from builder.errors import InputError, ManifestError
+from builder.manifest import Manifest
+from builder.project import Project
+
+MODELS_ROOT = PurePosixPath("/opt/models")
+BLOB_DIR = PurePosixPath("/opt/weights/sha256")
+APP_UID = 10001
+DEFAULT_PORT = 8000
+DEFAULT_ENDPOINT = "https://huggingface.co"
+# The fetch stage needs only huggingface_hub; it takes the manifest's pin when there is one.
+FETCH_HUB_DEFAULT = "huggingface_hub==2.4.0"
+LABEL_PREFIX = "io.builder"
+
+
+def dockerfile_quote(value: object) -> str:
+    """A Dockerfile double-quoted string: `$` cannot expand, `"` cannot end it, no newlines."""
+    text = str(value)
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        raise InputError(f"refusing to render a control character into the Dockerfile: {text!r}")
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+    return f'"{escaped}"'
+
+
+def shell_quote(value: object) -> str:
+    return shlex.quote(str(value))
+
+
+@functools.lru_cache(maxsize=4)
+def _environment(templates_dir: str) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701 - Dockerfiles, not HTML; quoting is by the filters below
+    )
+    env.filters["sh"] = shell_quote
+    env.filters["dq"] = dockerfile_quote
+    return env
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Build-host facts that change the Dockerfile (not the manifest)."""
+
+    base_image: str | None = None  # overrides runtime.base_image (tests, air-gapped hosts)
+    ca_bundle: bool = False  # a CA bundle is passed as the ca_bundle secret
+    default_endpoint: str = DEFAULT_ENDPOINT
+    source_revision: str | None = None  # the builder repository's git commit, for the OCI label
+    source_url: str | None = None
+
+
+@dataclass(frozen=True)
+class PlannedLayer:
+    name: str  # "small" or "sha256-<hex>"
+    size: int
+    files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DockerfileContext:
+    """Every value the templates see."""
+
+    header: str
+    manifest_path: str
+    manifest_digest: str
+    base_image: str
+    python_check: str
+    fetch_requirement: str
+    packages: tuple[str, ...]
+    system_packages: tuple[str, ...]
+    weight_layers: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    labels: tuple[tuple[str, str], ...]
+    model_dir: str
+    uid: int
+    port: int
+    start_period: int
+    default_endpoint: str
+    ca_bundle: bool
+
+
+@dataclass(frozen=True)
+class WeightsPlan:
+    """What the weights stage fetches (weights.json) and the layers it makes."""
+
+    plan: dict
+    layers: tuple[PlannedLayer, ...] = field(default=())
+
+
+def model_dir(manifest: Manifest) -> PurePosixPath:
+    return MODELS_ROOT / manifest.name
+
+
+def weights_plan(manifest: Manifest) -> WeightsPlan:
+    """The fetch plan. Holds only what decides the weights' bytes, so that a version bump or a
+    code change leaves the weights stage's build cache valid."""
+    threshold = manifest.runtime.large_file_bytes
+    files = []
+    blobs: dict[str, PlannedLayer] = {}
+    small_files: list[str] = []
+    small_size = 0
+    for source in manifest.sources:
+        for artifact in source.artifacts:
+            dest = source.destination(artifact)
+            large = artifact.locked and artifact.size is not None and artifact.size >= threshold
+            layer = f"sha256-{artifact.sha256}" if large else "small"
+            files.append(
+                {
+                    "repo_id": source.repo_id,
+                    "repo_type": source.repo_type,
+                    "revision": source.revision,
+                    "path": artifact.path,
+                    "dest": dest,
+                    "sha256": artifact.sha256,
+                    "size": artifact.size,
+                    "layer": layer,
+                }
+            )
+            if large:
+                previous = blobs.get(layer)
+                blobs[layer] = PlannedLayer(layer, artifact.size or 0, (previous.files if previous else ()) + (dest,))
+            else:
+                small_files.append(dest)
+                small_size += artifact.size or 0
+    plan = {
+        "model": manifest.name,
+        "model_dir": str(model_dir(manifest)),
+        "blob_dir": str(BLOB_DIR),
+        "files": files,
+    }
+    # Largest first: the order of COPY lines does not change any layer's digest, but pushing
+    # the big layers first gives the best progress estimate.
+    layers = sorted(blobs.values(), key=lambda layer: (-layer.size, layer.name))
+    layers.append(PlannedLayer("small", small_size, tuple(small_files)))
+    return WeightsPlan(plan, tuple(layers))
+
+
+def _python_check(version: str) -> str:
+    """Python code that fails the build with a marker line when the base's Python is not `version`."""
+    message = f"the base image has Python %s, the manifest says {version}: fix runtime.python or runtime.base_image"
+    return (
+        'import sys; v = "%d.%d" % sys.version_info[:2]; '
+        f'sys.exit(None if v == "{version}" else "::builder-error::InputError::{message}" % v)'
+    )
+
+
+def _fetch_requirement(manifest: Manifest) -> str:
+    for package in manifest.runtime.packages:
+        name = package.split("==", 1)[0].split("[", 1)[0].lower().replace("_", "-")
+        if name == "huggingface-hub":
+            return package
+    return FETCH_HUB_DEFAULT
+
+
+def labels(manifest: Manifest, options: RenderOptions) -> tuple[tuple[str, str], ...]:
+    first = manifest.sources[0]
+    items = [
+        ("org.opencontainers.image.title", manifest.name),
+        ("org.opencontainers.image.version", manifest.version),
+        ("org.opencontainers.image.description", manifest.description or f"{manifest.task} model {first.repo_id}"),
+        ("org.opencontainers.image.licenses", manifest.license.spdx or manifest.license.name),
+        ("org.opencontainers.image.base.name", options.base_image or manifest.runtime.base_image),
+        ("org.opencontainers.image.vendor", "builder"),
+    ]
+    if options.source_revision:
+        items.append(("org.opencontainers.image.revision", options.source_revision))
+    if options.source_url:
+        items.append(("org.opencontainers.image.source", options.source_url))
+    items += [
+        (f"{LABEL_PREFIX}.model.id", first.repo_id),
+        (f"{LABEL_PREFIX}.model.revision", first.revision),
+        (f"{LABEL_PREFIX}.model.sources", " ".join(f"{s.repo_id}@{s.revision}" for s in manifest.sources)),
+        (f"{LABEL_PREFIX}.manifest.name", manifest.name),
+        (f"{LABEL_PREFIX}.manifest.version", manifest.version),
+        (f"{LABEL_PREFIX}.manifest.digest", manifest.digest),
+        (f"{LABEL_PREFIX}.profile", manifest.profile),
+        (f"{LABEL_PREFIX}.task", manifest.task),
+        (f"{LABEL_PREFIX}.license.commercial", "true" if manifest.license.commercial_use else "false"),
+        (f"{LABEL_PREFIX}.locked", "true" if manifest.locked else "false"),
+        (f"{LABEL_PREFIX}.builder.version", __version__),
+    ]
+    return tuple(items)
+
+
+def dockerfile_context(manifest: Manifest, manifest_path: str, options: RenderOptions) -> DockerfileContext:
+    runtime = manifest.runtime
+    directory = model_dir(manifest)
+    env = (
+        ("HF_HUB_OFFLINE", "1"),
+        ("TRANSFORMERS_OFFLINE", "1"),
+        ("HF_HUB_DISABLE_TELEMETRY", "1"),
+        ("HF_HOME", "/home/app/.cache/huggingface"),
+        ("BUILDER_MANIFEST", "/app/manifest.json"),
+        ("BUILDER_MODEL_DIR", str(directory)),
+        ("PORT", str(DEFAULT_PORT)),
+        ("PYTHONPATH", "/app"),
+        ("PYTHONUNBUFFERED", "1"),
+        ("PYTHONDONTWRITEBYTECODE", "1"),
+    )
+    return DockerfileContext(
+        header=f"Generated by builder {__version__}: do not edit.",
+        manifest_path=manifest_path,
+        manifest_digest=manifest.digest,
+        base_image=options.base_image or runtime.base_image,
+        python_check=_python_check(runtime.python),
+        fetch_requirement=_fetch_requirement(manifest),
+        packages=runtime.packages,
+        system_packages=runtime.system_packages,
+        weight_layers=tuple(layer.name for layer in weights_plan(manifest).layers),
+        env=env,
+        labels=labels(manifest, options),
+        model_dir=str(directory),
+        uid=APP_UID,
+        port=DEFAULT_PORT,
+        start_period=int(manifest.smoke_test.load_timeout_seconds),
+        default_endpoint=options.default_endpoint,
+        ca_bundle=options.ca_bundle,
+    )
+
+
+def render_dockerfile(manifest: Manifest, manifest_path: str, options: RenderOptions, project: Project) -> str:
+    context = dockerfile_context(manifest, manifest_path, options)
+    env = _environment(str(project.templates_dir))
+    try:
+        template = env.get_template(f"{manifest.profile}.Dockerfile.j2")
+        return template.render(**vars(context))
+    except jinja2.TemplateNotFound as exc:
+        raise ManifestError(f"{manifest_path}: profile: no template {exc.name} in {project.templates_dir}") from None
+
+
+def image_manifest_json(manifest: Manifest) -> str:
+    """What the server reads inside the image: the manifest plus where its files are."""
+    document = manifest.model_dump(mode="json")
+    document["model_dir"] = str(model_dir(manifest))
+    document["manifest_digest"] = manifest.digest
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def _copy_python_tree(source: Path, dest: Path) -> None:
+    shutil.copytree(
+        source,
+        dest,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "tests"),
+    )
+
+
+def write_context(manifest: Manifest, manifest_path: str, options: RenderOptions, project: Project, dest: Path) -> Path:
+    """Write the whole build context into dest (which must be empty or absent)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if any(dest.iterdir()):
+        raise InputError(f"{dest}: the context directory must be empty")
+    (dest / "Dockerfile").write_text(render_dockerfile(manifest, manifest_path, options, project), encoding="utf-8")
+    plan = weights_plan(manifest).plan
+    (dest / "weights.json").write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (dest / "manifest.json").write_text(image_manifest_json(manifest), encoding="utf-8")
+    fetch_pkg = dest / "fetch" / "builder"
+    fetch_pkg.mkdir(parents=True)
+    package_dir = Path(__file__).parent
+    for name in ("__init__.py", "errors.py", "fetch.py"):
+        shutil.copy2(package_dir / name, fetch_pkg / name)
+    _copy_python_tree(project.server_dir, dest / "server")
+    return dest

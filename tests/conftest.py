@@ -1,0 +1,146 @@
+"""Shared fixtures: the project, the tiny model, a loopback Hub, a real registry and dockerd."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from builder.project import Project
+from tests.localhub import LocalHub
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE_IMAGE = "builder-local/python-cpu:3.11"
+DEMO_REPO = "builder-demo/tiny-sd"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def project() -> Project:
+    return Project(ROOT)
+
+
+@pytest.fixture(scope="session")
+def demo_manifest_data() -> dict:
+    return yaml.safe_load((ROOT / "manifests" / "demo.yaml").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's tiny pipeline, made once per session (a few seconds)."""
+    from tests.fixtures.tiny_models import make_tiny_sd
+
+    return make_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "repo")
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path) -> Iterator[LocalHub]:
+    """A loopback Hub serving the tiny pipeline as the demo manifest names it."""
+    with LocalHub(tmp_path_factory.mktemp("hub")) as local_hub:
+        local_hub.publish(DEMO_REPO, tiny_sd)
+        yield local_hub
+
+
+# -- docker -------------------------------------------------------------------------------------
+def _docker_problem() -> str | None:
+    try:
+        from builder.docker import Docker
+
+        docker = Docker.connect()
+    except Exception as exc:  # noqa: BLE001 - reported as the skip/fail reason
+        return str(exc)
+    try:
+        docker.client.images.get(BASE_IMAGE)
+    except Exception:  # noqa: BLE001
+        return f"the local base image {BASE_IMAGE} is missing: run `make env`"
+    return None
+
+
+@pytest.fixture(scope="session")
+def docker_ready() -> None:
+    problem = _docker_problem()
+    if problem is None:
+        return
+    if os.environ.get("BUILDER_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"docker tests required (make test) but: {problem}")
+    pytest.skip(f"no Docker engine: {problem}")
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real CNCF Distribution registry on a free loopback port, for this session only."""
+    binary = shutil.which("docker-registry") or shutil.which("registry")
+    if binary is None:
+        if os.environ.get("BUILDER_REQUIRE_DOCKER") == "1":
+            pytest.fail("docker-registry is not installed: run `make env`")
+        pytest.skip("docker-registry is not installed (make env installs it)")
+    state = tmp_path_factory.mktemp("registry")
+    address = f"127.0.0.1:{free_port()}"
+    config = state / "config.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "version": 0.1,
+                "log": {"level": "warn"},
+                "storage": {"filesystem": {"rootdirectory": str(state / "data")}, "delete": {"enabled": True}},
+                "http": {"addr": address},
+            }
+        )
+    )
+    proc = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            urllib.request.urlopen(f"http://{address}/v2/", timeout=1)
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"the test registry did not start on {address}")
+            time.sleep(0.1)
+    yield address
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def isolated_env(tmp_path: Path, hub: LocalHub) -> dict[str, str]:
+    """Environment for a builder subprocess: our Hub, no inherited token or saved login."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "BUILDER_REGISTRY")}
+    env.update({"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1"})
+    return env
+
+
+def make_project(tmp_path: Path, manifest: dict, copy_server: bool = True) -> Project:
+    """A throwaway project root with the real templates and server code and one manifest."""
+    root = tmp_path / f"project-{manifest['name']}"
+    (root / "manifests").mkdir(parents=True)
+    shutil.copytree(ROOT / "templates", root / "templates")
+    if copy_server:
+        shutil.copytree(ROOT / "server", root / "server", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "manifests" / f"{manifest['name']}.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return Project(root)
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def run_builder(args: list[str], env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "builder", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=ROOT)

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Bring up everything the demo and the tests need on a fresh Debian 12 machine, idempotently:
+# Debian packages, dockerd (BuildKit), a registry on 127.0.0.1:5000, the project's virtual
+# environment, and the local CPU base image. Safe to run again: each step checks first.
+# Needs root for apt and dockerd (CI and these machines run as root).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+state="$root/.cache/env"
+mkdir -p "$state"
+REGISTRY_ADDR=${REGISTRY_ADDR:-127.0.0.1:5000}
+BASE_IMAGE=${BASE_IMAGE:-builder-local/python-cpu:3.11}
+DEBIAN_IMAGE=builder-local/debian:bookworm
+log() { printf 'env: %s\n' "$*" >&2; }
+
+# -- Debian packages ----------------------------------------------------------------------------
+need=()
+for pair in dockerd:docker.io docker-registry:docker-registry debootstrap:debootstrap skopeo:skopeo curl:curl; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+if ((${#need[@]})); then
+  log "installing ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >"$state/apt.log" 2>&1 || { cat "$state/apt.log" >&2; exit 1; }
+fi
+
+# The docker.io client (20.10) runs BuildKit builds without the buildx plugin; a newer client
+# first on PATH may not. builder detects this itself; here we only need a client that talks.
+DOCKER=/usr/bin/docker
+
+# -- dockerd ---------------------------------------------------------------------------------------
+if ! $DOCKER info >/dev/null 2>&1; then
+  log "starting dockerd (log: $state/dockerd.log)"
+  # --bridge=none: builds and containers use the host network, so all traffic stays on loopback.
+  nohup dockerd --bridge=none --iptables=false >"$state/dockerd.log" 2>&1 &
+  for _ in $(seq 1 60); do $DOCKER info >/dev/null 2>&1 && break; sleep 0.5; done
+  $DOCKER info >/dev/null 2>&1 || { tail -20 "$state/dockerd.log" >&2; log "dockerd did not start"; exit 1; }
+fi
+
+# -- registry on loopback ---------------------------------------------------------------------------
+if ! curl -fsS "http://$REGISTRY_ADDR/v2/" >/dev/null 2>&1; then
+  log "starting registry on $REGISTRY_ADDR (data: $state/registry)"
+  mkdir -p "$state/registry"
+  cat >"$state/registry.yml" <<YML
+version: 0.1
+log: {level: warn}
+storage:
+  filesystem: {rootdirectory: $state/registry}
+  delete: {enabled: true}
+http:
+  addr: $REGISTRY_ADDR
+YML
+  nohup docker-registry serve "$state/registry.yml" >"$state/registry.log" 2>&1 &
+  for _ in $(seq 1 40); do curl -fsS "http://$REGISTRY_ADDR/v2/" >/dev/null 2>&1 && break; sleep 0.25; done
+  curl -fsS "http://$REGISTRY_ADDR/v2/" >/dev/null || { cat "$state/registry.log" >&2; exit 1; }
+fi
+
+# -- virtual environment --------------------------------------------------------------------------
+stamp="$root/.venv/.installed-$(cat "$root/pyproject.toml" | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  log "installing the project into .venv"
+  [ -x "$root/.venv/bin/python" ] || python3.11 -m venv "$root/.venv"
+  {
+    "$root/.venv/bin/pip" install --upgrade pip &&
+    # torch first and pinned: an unpinned torch would resolve to a CUDA build of several GB.
+    "$root/.venv/bin/pip" install torch==2.13.0 &&
+    "$root/.venv/bin/pip" install -e "$root[dev,ml,server]"
+  } >"$state/pip.log" 2>&1 || { tail -30 "$state/pip.log" >&2; log "pip install failed (log: $state/pip.log)"; exit 1; }
+  "$root/.venv/bin/python" -c "import builder, server, diffusers, fastapi, pytest" 
+  rm -f "$root"/.venv/.installed-*
+  touch "$stamp"
+fi
+
+# -- local base images ------------------------------------------------------------------------------
+if ! $DOCKER image inspect "$DEBIAN_IMAGE" >/dev/null 2>&1; then
+  log "debootstrapping Debian bookworm into $DEBIAN_IMAGE (about a minute)"
+  rootfs="$state/rootfs"
+  rm -rf "$rootfs"
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" \
+    >"$state/debootstrap.log" 2>&1 || { tail -20 "$state/debootstrap.log" >&2; exit 1; }
+  rm -rf "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/*
+  tar -C "$rootfs" -c . | $DOCKER import - "$DEBIAN_IMAGE" >/dev/null
+  rm -rf "$rootfs"
+fi
+
+hash=$(cat "$here/base-requirements.txt" "$here/base-image/Dockerfile" | sha256sum | cut -c1-16)
+current=$($DOCKER image inspect -f '{{ index .Config.Labels "io.builder.base.hash" }}' "$BASE_IMAGE" 2>/dev/null || true)
+if [ "$current" != "$hash" ]; then
+  log "building $BASE_IMAGE from a local wheelhouse (a few minutes the first time)"
+  wheels="$root/.cache/wheels"
+  mkdir -p "$wheels"
+  "$root/.venv/bin/pip" download -d "$wheels" -r "$here/base-requirements.txt" >"$state/pip-download.log" 2>&1 \
+    || { tail -30 "$state/pip-download.log" >&2; log "pip download failed"; exit 1; }
+  ctx="$state/base-context"
+  rm -rf "$ctx" && mkdir -p "$ctx"
+  cp "$here/base-image/Dockerfile" "$here/base-requirements.txt" "$ctx/"
+  mv "$ctx/base-requirements.txt" "$ctx/requirements.txt"
+  cp -al "$wheels" "$ctx/wheels"
+  DOCKER_BUILDKIT=1 $DOCKER build --network host -q --build-arg "REQUIREMENTS_HASH=$hash" -t "$BASE_IMAGE" "$ctx" >/dev/null
+  rm -rf "$ctx"
+fi
+log "ready: docker $($DOCKER version -f '{{.Server.Version}}'), registry $REGISTRY_ADDR, base $BASE_IMAGE"

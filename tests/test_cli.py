@@ -1,0 +1,121 @@
+"""The command line as a user meets it: exit codes, one clear line on stderr, no tracebacks."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT, make_project, run_builder
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "BUILDER_REGISTRY")}
+    env.update(extra)
+    return env
+
+
+def _one_error_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    return lines[0]
+
+
+def test_validate_all_committed_manifests() -> None:
+    result = run_builder(["validate"], _env())
+    assert result.returncode == 0, result.stderr
+    assert "ok manifests/demo.yaml: demo 0.1.0, hf-diffusers-standard, locked" in result.stdout
+
+
+def test_validate_lists_every_problem_and_exits_2(tmp_path: Path, demo_manifest_data) -> None:
+    data = copy.deepcopy(demo_manifest_data)
+    data["version"] = "latest"
+    data["sources"][0]["artifacts"][1]["path"] = "../escape.json"
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = run_builder(["validate", str(path)], _env())
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert any("version: 'latest' is a moving tag" in line for line in lines)
+    assert any("sources[0].artifacts[1].path: must stay inside the model directory" in line for line in lines)
+    assert lines[-1] == "error: 1 of 1 manifests are invalid (problems listed above)"
+
+
+def test_unknown_manifest_name_is_one_line() -> None:
+    result = run_builder(["validate", "nosuchmodel"], _env())
+    assert result.returncode == 2
+    assert "no manifest named 'nosuchmodel'" in _one_error_line(result)
+
+
+def test_render_prints_the_golden_dockerfile() -> None:
+    result = run_builder(["render", "demo"], _env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (ROOT / "tests/golden/demo.Dockerfile").read_text()
+
+
+def test_render_context_writes_a_buildable_context(tmp_path: Path) -> None:
+    result = run_builder(["render", "demo", "--context", str(tmp_path / "ctx")], _env())
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "ctx/Dockerfile").is_file() and (tmp_path / "ctx/weights.json").is_file()
+
+
+def test_build_refuses_an_unlocked_manifest_before_touching_docker(tmp_path: Path, demo_manifest_data) -> None:
+    data = copy.deepcopy(demo_manifest_data)
+    data["sources"][0]["revision"] = "main"
+    data["sources"][0]["artifacts"][0]["sha256"] = None
+    project = make_project(tmp_path, data)
+    result = run_builder(["--root", str(project.root), "build", "demo", "--no-push"],
+                         _env(DOCKER_HOST="unix:///nonexistent.sock"))
+    assert result.returncode == 2
+    line = _one_error_line(result)
+    assert "not locked (2 unpinned: sources[0].revision 'main', README.md)" in line
+    assert "run `python -m builder lock demo` or set profile: experimental" in line
+
+
+def test_build_of_a_gated_model_without_a_token_says_what_to_do(tmp_path: Path, demo_manifest_data) -> None:
+    data = copy.deepcopy(demo_manifest_data)
+    data["sources"][0]["gated"] = True
+    project = make_project(tmp_path, data)
+    result = run_builder(["--root", str(project.root), "build", "demo", "--no-push"],
+                         _env(HF_HOME=str(tmp_path / "hf"), DOCKER_HOST="unix:///nonexistent.sock"))
+    assert result.returncode == 2
+    assert "builder-demo/tiny-sd is gated and no Hub token is set" in _one_error_line(result)
+
+
+def test_push_without_a_registry_is_bad_input() -> None:
+    result = run_builder(["build", "demo"], _env(DOCKER_HOST="unix:///nonexistent.sock"))
+    assert result.returncode == 2
+    assert "no registry to push to: pass --registry" in _one_error_line(result)
+
+
+def test_a_malformed_registry_is_bad_input() -> None:
+    result = run_builder(["build", "demo", "--registry", "Not A Registry"], _env())
+    assert result.returncode == 2
+    assert "--registry 'Not A Registry': expected HOST[:PORT][/NAMESPACE]" in _one_error_line(result)
+
+
+def test_no_docker_engine_is_one_line_exit_1() -> None:
+    result = run_builder(["build", "demo", "--no-push"], _env(DOCKER_HOST="unix:///nonexistent.sock"))
+    assert result.returncode == 1
+    assert "cannot reach the Docker engine at unix:///nonexistent.sock: start dockerd" in _one_error_line(result)
+
+
+def test_a_missing_ca_bundle_is_bad_input() -> None:
+    result = run_builder(["build", "demo", "--no-push", "--ca-bundle", "/nonexistent/ca.pem"], _env())
+    assert result.returncode == 2
+    assert "--ca-bundle /nonexistent/ca.pem: no such file" in _one_error_line(result)
+
+
+def test_bad_flags_are_exit_2_with_one_line() -> None:
+    result = run_builder(["build", "demo", "--gpus", "some"], _env())
+    assert result.returncode == 2
+    assert "Invalid value for '--gpus'" in _one_error_line(result)
+
+
+def test_schema_check_passes_for_the_committed_schema() -> None:
+    result = run_builder(["schema", "--check"], _env())
+    assert result.returncode == 0, result.stderr

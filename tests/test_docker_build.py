@@ -1,0 +1,246 @@
+"""The spine end to end, for real: dockerd with BuildKit, a CNCF registry, huggingface_hub
+against the loopback Hub, the smoke test inside the built image, the server over HTTP."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from builder.registry import RegistryClient, RegistryRef
+from tests.conftest import free_port, make_project, run_builder, unique_name
+from tests.localhub import LocalHub
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_ready")]
+DOCKER = "/usr/bin/docker"
+
+
+def build(project_root: Path | None, name: str, env: dict, *args: str) -> subprocess.CompletedProcess:
+    root = ["--root", str(project_root)] if project_root else []
+    return run_builder([*root, "build", name, "--json", *args], env)
+
+
+def result_of(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def last_line(proc: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def weight_layers(config: dict) -> list[str]:
+    """diff ids of the weight layers (BuildKit records `COPY --from=weights /export/X/ /` as `COPY /export/X/ /`)."""
+    layered = [h for h in config["history"] if not h.get("empty_layer")]
+    assert len(layered) == len(config["rootfs"]["diff_ids"])
+    return [d for h, d in zip(layered, config["rootfs"]["diff_ids"]) if h.get("created_by", "").startswith("COPY /export/")]
+
+
+def docker_out(*args: str) -> str:
+    return subprocess.run([DOCKER, *args], capture_output=True, text=True, check=True).stdout
+
+
+def local_tags(repository_part: str) -> list[str]:
+    listing = docker_out("images", "--format", "{{.Repository}}:{{.Tag}}")
+    return [line for line in listing.splitlines() if repository_part in line]
+
+
+def demo_variant(demo_manifest_data: dict, prefix: str) -> dict:
+    data = copy.deepcopy(demo_manifest_data)
+    data["name"] = unique_name(prefix)
+    return data
+
+
+def test_demo_builds_smokes_pushes_and_pulls_back_by_digest(registry: str, isolated_env: dict) -> None:
+    namespaced = f"{registry}/{unique_name('ns')}"
+    result = result_of(build(None, "demo", isolated_env, "--registry", namespaced))
+    assert result["pushed"] and result["smoke"]["passed"]
+    assert result["smoke"]["device"] == "cpu"
+    reference = result["digest_reference"]
+    assert reference.startswith(f"{namespaced}/demo@sha256:")
+    assert result["run_commands"][0] == f"docker run --rm --network host -e PORT=8000 {reference}"
+
+    # Pull it back by digest into a clean slate and check what it says about itself.
+    docker_out("rmi", result["tag"])
+    docker_out("pull", reference)
+    inspect = json.loads(docker_out("image", "inspect", reference))[0]
+    labels = inspect["Config"]["Labels"]
+    assert labels["io.builder.model.id"] == "builder-demo/tiny-sd"
+    assert labels["io.builder.model.revision"] == "abaa7aa9b35fd02bf64efe884bc3f8ed67316a6f"
+    assert labels["io.builder.manifest.version"] == labels["org.opencontainers.image.version"] == "0.1.0"
+    assert labels["io.builder.manifest.digest"].startswith("sha256:")
+    assert inspect["Config"]["User"] == "10001:10001"
+    assert "HF_HUB_OFFLINE=1" in inspect["Config"]["Env"]
+    assert inspect["Config"]["Healthcheck"]["Test"] == ["CMD", "python3", "-m", "server.healthcheck"]
+
+    # The pulled image serves: /ready, then a PNG from /v1/predict, with no network but loopback.
+    port = free_port()
+    container = docker_out("run", "-d", "--rm", "--network", "host", "-e", f"PORT={port}", reference).strip()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if requests.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, docker_out("logs", container)
+            time.sleep(0.5)
+        response = requests.post(f"{url}/v1/predict", headers={"Accept": "image/png"}, timeout=60,
+                                 json={"prompt": "a cat", "width": 64, "height": 64, "num_inference_steps": 2})
+        assert response.status_code == 200 and response.content.startswith(b"\x89PNG")
+    finally:
+        subprocess.run([DOCKER, "rm", "-f", container], capture_output=True)
+
+    # Building the same thing again is a no-op success: same image, same digest, nothing pushed.
+    again = result_of(build(None, "demo", isolated_env, "--registry", namespaced))
+    assert again["already_in_registry"] and not again["pushed"]
+    assert again["digest_reference"] == reference
+
+
+def test_a_wrong_sha256_fails_the_build_and_nothing_is_tagged_or_pushed(
+    tmp_path: Path, registry: str, isolated_env: dict, demo_manifest_data: dict
+) -> None:
+    data = demo_variant(demo_manifest_data, "badsha")
+    data["sources"][0]["artifacts"][8]["sha256"] = "e" * 64  # unet/diffusion_pytorch_model.safetensors
+    project = make_project(tmp_path, data)
+    proc = build(project.root, data["name"], isolated_env, "--registry", registry)
+    assert proc.returncode == 1
+    assert last_line(proc) == (
+        f"error: {data['name']}: unet/diffusion_pytorch_model.safetensors from builder-demo/tiny-sd@abaa7aa9b35f: "
+        f"sha256 mismatch: expected {'e' * 64}, "
+        "got 5634309f88ff3b40ab842708f0d2604799727b0cb2e42117d50c088ed9492ca4"
+    )
+    assert local_tags(data["name"]) == []
+    assert RegistryClient(RegistryRef.parse(registry)).tags(data["name"]) == []
+
+
+def test_a_failed_smoke_tags_and_pushes_nothing(
+    tmp_path: Path, registry: str, isolated_env: dict, demo_manifest_data: dict
+) -> None:
+    data = demo_variant(demo_manifest_data, "badsmoke")
+    data["smoke_test"]["expect"] = {"kind": "image", "width": 128, "height": 64}
+    project = make_project(tmp_path, data)
+    proc = build(project.root, data["name"], isolated_env, "--registry", registry)
+    assert proc.returncode == 1
+    assert last_line(proc) == (
+        f"error: {data['name']}: smoke test failed: image is 64x64, expected 128x64; nothing was tagged or pushed"
+    )
+    assert local_tags(data["name"]) == []
+    assert RegistryClient(RegistryRef.parse(registry)).tags(data["name"]) == []
+
+
+def test_the_token_reaches_the_hub_and_nowhere_else(
+    tmp_path: Path, hub: LocalHub, tiny_sd: Path, isolated_env: dict, demo_manifest_data: dict
+) -> None:
+    sentinel = f"hf_SENTINEL{unique_name('tok').replace('-', '')}"
+    gated_repo = unique_name("builder-demo/gated")
+    commit = hub.publish(gated_repo, tiny_sd, gated_tokens={sentinel})
+    data = demo_variant(demo_manifest_data, "token")
+    data["sources"][0].update(repo_id=gated_repo, revision=commit, gated=True)
+    data["description"] = 'quoted " $(touch /tmp/pwned) ${HOME} \\ kept literally'
+    project = make_project(tmp_path, data)
+    hub.clear_log()
+    proc = build(project.root, data["name"], {**isolated_env, "HF_TOKEN": sentinel}, "--no-push")
+    result = result_of(proc)
+    assert sentinel not in proc.stdout + proc.stderr
+
+    # It did reach the Hub, on every download: the build could not have passed otherwise.
+    downloads = [r for r in hub.requests if f"/{gated_repo}/resolve/" in r.path and r.method == "GET"]
+    assert len(downloads) == 11 and {r.token for r in downloads} == {sentinel}
+
+    image = result["image_id"]
+    assert sentinel not in docker_out("history", "--no-trunc", image)
+    inspect = docker_out("image", "inspect", image)
+    assert sentinel not in inspect
+    labels = json.loads(inspect)[0]["Config"]["Labels"]
+    assert labels["org.opencontainers.image.description"] == data["description"]
+
+    saved = tmp_path / "image.tar"
+    docker_out("save", "-o", str(saved), image)
+    needle = sentinel.encode()
+    with tarfile.open(saved) as archive:
+        members = [m for m in archive.getmembers() if m.isfile()]
+        assert any(m.name.endswith("layer.tar") for m in members)
+        for member in members:
+            data_bytes = archive.extractfile(member).read()  # type: ignore[union-attr]
+            assert needle not in data_bytes, f"token found in {member.name}"
+    saved.unlink()
+
+
+def test_two_no_cache_builds_give_identical_weight_layers(
+    tmp_path: Path, registry: str, isolated_env: dict, demo_manifest_data: dict
+) -> None:
+    data = demo_variant(demo_manifest_data, "repro")
+    client = RegistryClient(RegistryRef.parse(registry))
+    layers = []
+    for version in ("1.0.0", "1.0.1"):
+        data["version"] = version
+        project = make_project(tmp_path / version, data)
+        result_of(build(project.root, data["name"], isolated_env, "--registry", registry, "--no-cache"))
+        config = client.config(data["name"], version)
+        assert config is not None
+        layers.append(weight_layers(config))
+    assert len(layers[0]) == 3  # unet and vae alone, the small files together
+    assert layers[0] == layers[1]
+
+
+def test_a_server_code_change_rebuilds_without_touching_the_weights(
+    tmp_path: Path, registry: str, hub: LocalHub, isolated_env: dict, demo_manifest_data: dict
+) -> None:
+    data = demo_variant(demo_manifest_data, "codechange")
+    project = make_project(tmp_path, data)
+    client = RegistryClient(RegistryRef.parse(registry))
+    hub.clear_log()
+    first = result_of(build(project.root, data["name"], isolated_env, "--registry", registry))
+    assert [r for r in hub.requests if "/resolve/" in r.path], "the first build must fetch from the Hub"
+    first_config = client.config(data["name"], data["version"])
+
+    app = project.server_dir / "app.py"
+    app.write_text(app.read_text() + "\n# a code-only change\n")
+    data["version"] = "0.1.1"
+    (project.manifests_dir / f"{data['name']}.yaml").write_text(
+        (project.manifests_dir / f"{data['name']}.yaml").read_text().replace("version: 0.1.0", "version: 0.1.1")
+    )
+    hub.clear_log()
+    second = result_of(build(project.root, data["name"], isolated_env, "--registry", registry))
+    assert hub.requests == [], "a code-only rebuild asked the Hub for something"
+    second_config = client.config(data["name"], "0.1.1")
+    assert weight_layers(first_config) == weight_layers(second_config)
+    assert first_config["rootfs"]["diff_ids"] != second_config["rootfs"]["diff_ids"]
+    assert first["image_id"] != second["image_id"]
+
+    # Pushing changed content under the version already pushed is refused.
+    data["version"] = "0.1.0"
+    (project.manifests_dir / f"{data['name']}.yaml").write_text(
+        (project.manifests_dir / f"{data['name']}.yaml").read_text().replace("version: 0.1.1", "version: 0.1.0")
+    )
+    app.write_text(app.read_text() + "# and another\n")
+    proc = build(project.root, data["name"], isolated_env, "--registry", registry)
+    assert proc.returncode == 1
+    line = last_line(proc)
+    assert f"{registry}/{data['name']}:0.1.0 already exists with other content" in line
+    assert "versions are immutable: bump version in" in line
+    assert client.image(data["name"], "0.1.0").digest == first["digest_reference"].split("@")[1]
+
+
+def test_a_base_image_without_the_manifests_python_fails_with_one_line(
+    tmp_path: Path, isolated_env: dict, demo_manifest_data: dict
+) -> None:
+    data = demo_variant(demo_manifest_data, "pyver")
+    data["runtime"]["python"] = "3.12"
+    project = make_project(tmp_path, data)
+    proc = build(project.root, data["name"], isolated_env, "--no-push")
+    assert proc.returncode == 2
+    assert last_line(proc) == (
+        "error: the base image has Python 3.11, the manifest says 3.12: fix runtime.python or runtime.base_image"
+    )
+

@@ -1,0 +1,74 @@
+"""Docker plumbing that needs no engine: which CLI builds, how a failed build is summarised."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from builder.docker import _failure_summary, detect_build_tool
+from builder.errors import ChecksumMismatch, DockerError, from_marker
+
+
+def fake_cli(directory: Path, version: str, buildx: bool) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "docker"
+    path.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = "--version" ]; then echo "Docker version {version}, build abc"; exit 0; fi\n'
+        f'if [ "$1" = "buildx" ]; then {"echo v0.12; exit 0" if buildx else "echo no buildx >&2; exit 1"}; fi\n'
+        "exit 1\n"
+    )
+    path.chmod(0o755)
+    return path
+
+
+def test_buildx_is_preferred_where_the_plugin_exists(tmp_path: Path) -> None:
+    cli = fake_cli(tmp_path / "a", "28.2.2", buildx=True)
+    tool = detect_build_tool({"PATH": str(cli.parent)}, fallbacks=())
+    assert tool.argv == (str(cli), "buildx", "build", "--load") and not tool.env
+
+
+def test_a_new_client_without_buildx_is_skipped_for_an_old_one(tmp_path: Path) -> None:
+    new = fake_cli(tmp_path / "new", "28.2.2", buildx=False)
+    old = fake_cli(tmp_path / "old", "20.10.24+dfsg1", buildx=False)
+    tool = detect_build_tool({"PATH": str(new.parent)}, fallbacks=(str(old),))
+    assert tool.argv == (str(old), "build") and tool.env == {"DOCKER_BUILDKIT": "1"}
+
+
+def test_an_explicit_cli_comes_first(tmp_path: Path) -> None:
+    chosen = fake_cli(tmp_path / "chosen", "20.10.5", buildx=False)
+    other = fake_cli(tmp_path / "other", "19.03.1", buildx=False)
+    tool = detect_build_tool({"PATH": str(other.parent), "BUILDER_DOCKER_CLI": str(chosen)}, fallbacks=())
+    assert tool.argv[0] == str(chosen)
+
+
+def test_no_capable_client_says_what_to_install(tmp_path: Path) -> None:
+    new = fake_cli(tmp_path / "new", "28.2.2", buildx=False)
+    with pytest.raises(DockerError, match="install the docker buildx plugin"):
+        detect_build_tool({"PATH": str(new.parent)}, fallbacks=())
+    with pytest.raises(DockerError, match="no docker CLI found"):
+        detect_build_tool({"PATH": str(tmp_path / "empty")}, fallbacks=())
+
+
+def test_failure_summary_picks_the_error_and_adds_the_proxy_hint() -> None:
+    log = [
+        "#6 [stage-1 3/9] RUN python3 -m pip install nosuchpkg==1",
+        "#6 2.1 WARNING: Retrying ... CERTIFICATE_VERIFY_FAILED",
+        "#6 7.9 ERROR: Could not find a version that satisfies the requirement nosuchpkg==1",
+        "#6 ERROR: executor failed running",
+    ]
+    summary = _failure_summary(log)
+    assert summary.startswith("ERROR: Could not find a version that satisfies the requirement nosuchpkg==1")
+    assert "pass --ca-bundle" in summary
+
+
+def test_markers_are_recognised_only_at_the_start_of_output() -> None:
+    error = from_marker("#12 0.693 ::builder-error::ChecksumMismatch::demo: a.bin: sha256 mismatch")
+    assert isinstance(error, ChecksumMismatch) and str(error) == "demo: a.bin: sha256 mismatch"
+    assert from_marker("#6 [stage 2/5] RUN python3 -c '... ::builder-error::InputError::x'") is None
+    assert str(from_marker("::builder-error::Unknown::kept")) == "kept"
+
+
+def test_a_marker_is_one_line_whatever_the_message() -> None:
+    assert ChecksumMismatch("a\nb  c").marker() == "::builder-error::ChecksumMismatch::a b c"

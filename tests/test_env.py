@@ -1,0 +1,35 @@
+"""The local CPU base image must already hold every package that manifests built on it pin,
+so their `pip install` step needs no network (CI and these machines reach only PyPI, and only
+through a proxy the container does not trust)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from builder.manifest import load_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL_BASE = "builder-local/python-cpu:3.11"
+
+
+def _pins(lines: list[str]) -> dict[str, str]:
+    pins = {}
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+def test_manifests_on_the_local_base_pin_what_it_holds() -> None:
+    base = _pins((ROOT / "tests/env/base-requirements.txt").read_text().splitlines())
+    checked = 0
+    for path in sorted((ROOT / "manifests").glob("*.yaml")):
+        manifest = load_manifest(path)
+        if manifest.runtime.base_image != LOCAL_BASE:
+            continue
+        checked += 1
+        pins = _pins(list(manifest.runtime.packages))
+        assert {name: base.get(name) for name in pins} == pins, f"{path.name} pins differ from the base image"
+    assert checked >= 1

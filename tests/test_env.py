@@ -33,3 +33,10 @@ def test_manifests_on_the_local_base_pin_what_it_holds() -> None:
         pins = _pins(list(manifest.runtime.packages))
         assert {name: base.get(name) for name in pins} == pins, f"{path.name} pins differ from the base image"
     assert checked >= 1
+
+
+def test_the_base_image_and_the_dev_environment_share_one_lock() -> None:
+    base = _pins((ROOT / "tests/env/base-requirements.txt").read_text().splitlines())
+    locked = {name: version.split("+", 1)[0] for name, version in
+              _pins((ROOT / "tests/env/constraints.txt").read_text().splitlines()).items()}
+    assert {name: locked.get(name) for name in base} == base

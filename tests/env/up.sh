@@ -57,15 +57,15 @@ YML
 fi
 
 # -- virtual environment --------------------------------------------------------------------------
-stamp="$root/.venv/.installed-$(cat "$root/pyproject.toml" | sha256sum | cut -c1-16)"
+stamp="$root/.venv/.installed-$(cat "$root/pyproject.toml" "$here/constraints.txt" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   log "installing the project into .venv"
   [ -x "$root/.venv/bin/python" ] || python3.11 -m venv "$root/.venv"
   {
     "$root/.venv/bin/pip" install --upgrade pip &&
     # torch first and pinned: an unpinned torch would resolve to a CUDA build of several GB.
-    "$root/.venv/bin/pip" install torch==2.13.0 &&
-    "$root/.venv/bin/pip" install -e "$root[dev,ml,server]"
+    "$root/.venv/bin/pip" install -c "$here/constraints.txt" torch==2.13.0 &&
+    "$root/.venv/bin/pip" install -c "$here/constraints.txt" -e "$root[dev,ml,server]"
   } >"$state/pip.log" 2>&1 || { tail -30 "$state/pip.log" >&2; log "pip install failed (log: $state/pip.log)"; exit 1; }
   "$root/.venv/bin/python" -c "import builder, server, diffusers, fastapi, pytest" 
   rm -f "$root"/.venv/.installed-*
@@ -84,17 +84,17 @@ if ! $DOCKER image inspect "$DEBIAN_IMAGE" >/dev/null 2>&1; then
   rm -rf "$rootfs"
 fi
 
-hash=$(cat "$here/base-requirements.txt" "$here/base-image/Dockerfile" | sha256sum | cut -c1-16)
+hash=$(cat "$here/base-requirements.txt" "$here/constraints.txt" "$here/base-image/Dockerfile" | sha256sum | cut -c1-16)
 current=$($DOCKER image inspect -f '{{ index .Config.Labels "io.builder.base.hash" }}' "$BASE_IMAGE" 2>/dev/null || true)
 if [ "$current" != "$hash" ]; then
   log "building $BASE_IMAGE from a local wheelhouse (a few minutes the first time)"
   wheels="$root/.cache/wheels"
   mkdir -p "$wheels"
-  "$root/.venv/bin/pip" download -d "$wheels" -r "$here/base-requirements.txt" >"$state/pip-download.log" 2>&1 \
+  "$root/.venv/bin/pip" download -d "$wheels" -c "$here/constraints.txt" -r "$here/base-requirements.txt" >"$state/pip-download.log" 2>&1 \
     || { tail -30 "$state/pip-download.log" >&2; log "pip download failed"; exit 1; }
   ctx="$state/base-context"
   rm -rf "$ctx" && mkdir -p "$ctx"
-  cp "$here/base-image/Dockerfile" "$here/base-requirements.txt" "$ctx/"
+  cp "$here/base-image/Dockerfile" "$here/base-requirements.txt" "$here/constraints.txt" "$ctx/"
   mv "$ctx/base-requirements.txt" "$ctx/requirements.txt"
   cp -al "$wheels" "$ctx/wheels"
   DOCKER_BUILDKIT=1 $DOCKER build --network host -q --build-arg "REQUIREMENTS_HASH=$hash" -t "$BASE_IMAGE" "$ctx" >/dev/null

@@ -225,8 +225,10 @@ def run_instructions(manifest: Manifest, reference: str, host_network: bool, gpu
     lines = [f"docker run --rm{gpu} {network} -e PORT={port} {reference}"]
     if manifest.task == "text-to-image":
         body = {k: v for k, v in manifest.smoke_test.inputs.items() if k != "seed"}
+        # --retry: the server answers 503 until the model has loaded; curl treats that as transient.
         lines.append(
-            f"curl -sf -X POST http://127.0.0.1:{port}/v1/predict -H 'Content-Type: application/json' "
-            f"-H 'Accept: image/png' -d {shlex.quote(json.dumps(body))} -o {manifest.name}.png"
+            f"curl -sf --retry 120 --retry-delay 1 --retry-connrefused -X POST http://127.0.0.1:{port}/v1/predict "
+            f"-H 'Content-Type: application/json' -H 'Accept: image/png' -d {shlex.quote(json.dumps(body))} "
+            f"-o {manifest.name}.png"
         )
     return lines

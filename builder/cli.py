@@ -170,8 +170,9 @@ def build(ctx: click.Context, target: str, registry: str | None, push: bool, bas
         click.echo(f"  tag {result.tag} (immutable: a new build needs a new version)")
     else:
         click.echo(f"built {result.tag} ({result.image_id[:19]}), not pushed")
-    click.echo("run it:")
-    for line in result.run_commands:
+    captions = ["run it:", "then, from another shell, ask it for an output (waits for the model to load):"]
+    for caption, line in zip(captions, result.run_commands):
+        click.echo(caption)
         click.echo(f"  {line}")
 
 

@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,24 @@ from tests.localhub import LocalHub
 ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "builder-local/python-cpu:3.11"
 DEMO_REPO = "builder-demo/tiny-sd"
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str,
+             stop: Callable[[], str | None] = lambda: None) -> None:
+    """Poll check() until it is true; fail after timeout, or at once when stop() gives a reason."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except OSError:  # connection refused and friends (requests' errors are OSErrors)
+            pass
+        reason = stop()
+        if reason:
+            raise AssertionError(f"{what}: {reason}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f}s")
+        time.sleep(0.2)
 
 
 def free_port() -> int:
@@ -103,16 +121,12 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
     )
     proc = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            urllib.request.urlopen(f"http://{address}/v2/", timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail(f"the test registry did not start on {address}")
-            time.sleep(0.1)
+    try:
+        wait_for(lambda: urllib.request.urlopen(f"http://{address}/v2/", timeout=1).status == 200, 15,
+                 f"the test registry on {address}", lambda: "exited" if proc.poll() is not None else None)
+    except AssertionError:
+        proc.kill()
+        raise
     yield address
     proc.terminate()
     proc.wait(timeout=10)

@@ -7,14 +7,13 @@ import copy
 import json
 import subprocess
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from builder.registry import RegistryClient, RegistryRef
-from tests.conftest import free_port, make_project, run_builder, unique_name
+from tests.conftest import free_port, wait_for, make_project, run_builder, unique_name
 from tests.localhub import LocalHub
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_ready")]
@@ -85,15 +84,8 @@ def test_demo_builds_smokes_pushes_and_pulls_back_by_digest(registry: str, isola
     container = docker_out("run", "-d", "--rm", "--network", "host", "-e", f"PORT={port}", reference).strip()
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if requests.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, docker_out("logs", container)
-            time.sleep(0.5)
+        wait_for(lambda: requests.get(f"{url}/ready", timeout=2).status_code == 200, 90, "the pulled image's /ready",
+                 lambda: None if container in docker_out("ps", "-q", "--no-trunc") else "the container exited")
         response = requests.post(f"{url}/v1/predict", headers={"Accept": "image/png"}, timeout=60,
                                  json={"prompt": "a cat", "width": 64, "height": 64, "num_inference_steps": 2})
         assert response.status_code == 200 and response.content.startswith(b"\x89PNG")

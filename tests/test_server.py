@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
-import time
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +21,7 @@ from PIL import Image
 
 from builder.manifest import Manifest
 from builder.render import image_manifest_json
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, wait_for
 
 
 def write_manifest_json(tmp_path: Path, data: dict) -> Path:
@@ -41,28 +41,26 @@ def server_env(manifest_json: Path, model_dir: Path, port: int | None = None) ->
 @contextmanager
 def serve(manifest_json: Path, model_dir: Path, wait_ready: bool = True) -> Iterator[str]:
     port = free_port()
+    log = tempfile.TemporaryFile()  # a file, not a pipe: nobody reads while it runs, so it must not fill up
     proc = subprocess.Popen([sys.executable, "-m", "server"], env=server_env(manifest_json, model_dir, port),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
+
+    def exited() -> str | None:
+        if proc.poll() is None:
+            return None
+        log.seek(0)
+        return f"exited: {log.read().decode(errors='replace')[-2000:]}"
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server did not start: {proc.stdout.read() if proc.stdout else ''}")
-            time.sleep(0.1)
+        wait_for(lambda: requests.get(f"{url}/health", timeout=1).status_code == 200, 60, "server start", exited)
         if wait_ready:
-            while requests.get(f"{url}/ready", timeout=2).json()["status"] == "loading":
-                assert time.monotonic() < deadline, "model did not load in time"
-                time.sleep(0.2)
+            wait_for(lambda: requests.get(f"{url}/ready", timeout=2).json()["status"] != "loading", 60, "model load")
         yield url
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,17 @@ import os
 import shlex
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from builder.config import BuilderConfig
 from builder.docker import BuildRequest, Docker
 from builder.errors import ConfigError, InputError, ManifestError, RegistryError, SmokeTestFailed
+from builder.fetch import Attempt, parse_attempt
+from builder.ledger import Ledger
 from builder.manifest import Manifest
 from builder.project import Project
 from builder.registry import RegistryClient, RegistryRef
@@ -38,7 +42,15 @@ class BuildOptions:
     network: str = "host"
     ca_bundle: Path | None = None
     pip_conf: Path | None = None
-    hf_endpoint: str | None = None
+    hf_endpoint: str | None = None  # must be an approved mirror; tried first
+
+
+@dataclass(frozen=True)
+class Services:
+    """What a build talks to besides the engine, passed in explicitly."""
+
+    config: BuilderConfig
+    ledger: Ledger
 
 
 @dataclass
@@ -53,6 +65,8 @@ class BuildResult:
     already_in_registry: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
     run_commands: list[str] = field(default_factory=list)
+    downloaded_bytes: int = 0
+    build_id: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -92,6 +106,7 @@ def run_build(
     origin: str,
     project: Project,
     options: BuildOptions,
+    services: Services,
     connect: Callable[[], Docker],
     say: Say,
     on_build_line: Callable[[str], None],
@@ -99,11 +114,14 @@ def run_build(
 ) -> BuildResult:
     token = hub_token()
     registry = _check_inputs(manifest, origin, options, token)
+    endpoint = options.hf_endpoint or os.environ.get("HF_ENDPOINT")
+    fetch_config = services.config.fetch_config(endpoint, services.ledger.mirror_ranking())
     docker = connect()  # after the input checks: bad input is reported even where no engine runs
     gpus = options.gpus != "none" and docker.has_gpu_runtime()
     if options.gpus == "all" and not gpus:
         raise ConfigError("--gpus all: this Docker engine has no NVIDIA runtime: install nvidia-container-toolkit or use --gpus auto")
     seconds: dict[str, float] = {}
+    build_id = uuid.uuid4().hex
 
     render_options = RenderOptions(
         base_image=options.base_image,
@@ -123,17 +141,34 @@ def run_build(
             secrets["ca_bundle"] = options.ca_bundle.resolve()
         if options.pip_conf is not None:
             secrets["pip_conf"] = options.pip_conf.resolve()
-        endpoint = options.hf_endpoint or os.environ.get("HF_ENDPOINT")
-        build_args = {"HF_ENDPOINT": endpoint.rstrip("/")} if endpoint else {}
-        say(f"build {manifest.name}:{manifest.version} with {docker.build_tool.describe()}")
+        config_file = Path(secret_dir) / "fetch_config"
+        config_file.write_text(json.dumps(fetch_config.to_json()), encoding="utf-8")
+        secrets["fetch_config"] = config_file
+        say(f"build {manifest.name}:{manifest.version} with {docker.build_tool.describe()}, "
+            f"mirrors {', '.join(m.name for m in fetch_config.mirrors)}")
+        attempts: list[Attempt] = []
+
+        def on_line(line: str) -> None:
+            attempt = parse_attempt(line)
+            if attempt is not None:
+                attempts.append(attempt)  # for the ledger, not the screen
+            else:
+                on_build_line(line)
+
         started = time.perf_counter()
-        image_id = docker.build(
-            BuildRequest(context, secrets, build_args, options.network, options.no_cache),
-            on_line=on_build_line,
-            scrub=[token] if token else [],
-        )
+        try:
+            image_id = docker.build(
+                BuildRequest(context, secrets, {"BUILDER_REBUILD": build_id} if options.no_cache else {},
+                             options.network),
+                on_line=on_line,
+                scrub=[token] if token else [],
+            )
+        finally:
+            services.ledger.record_attempts(attempts, build_id)  # failed builds' attempts are facts too
         seconds["build"] = round(time.perf_counter() - started, 2)
-    say(f"built {image_id[:19]} in {seconds['build']:.1f}s")
+    downloaded = sum(a.bytes for a in attempts if a.outcome in ("ok", "retry", "failed"))
+    say(f"built {image_id[:19]} in {seconds['build']:.1f}s"
+        + (f", {len(attempts)} fetch attempt(s), {downloaded} bytes downloaded" if attempts else ", weights from the build cache"))
 
     say(f"smoke test in the image ({'GPU' if gpus else 'CPU'}, no network)")
     started = time.perf_counter()
@@ -144,7 +179,7 @@ def run_build(
     repository = registry.repository(manifest.name) if registry else manifest.name
     docker.tag(image_id, repository, manifest.version)
     result = BuildResult(manifest.name, manifest.version, image_id, smoke, f"{repository}:{manifest.version}",
-                         seconds=seconds)
+                         seconds=seconds, downloaded_bytes=downloaded, build_id=build_id)
     if registry is None or not options.push:
         return _with_run_commands(result, manifest, docker, gpus)
 

@@ -29,6 +29,15 @@ def _project(ctx: click.Context):
     return Project.locate(ctx.obj.get("root"))
 
 
+def _services(ctx: click.Context, project):
+    from builder.build import Services
+    from builder.config import load_config
+    from builder.ledger import Ledger
+
+    config = load_config(project.root, ctx.obj.get("config"))
+    return Services(config, Ledger(config.ledger_path))
+
+
 def _load(project, target: str):
     from builder.manifest import load_manifest
 
@@ -41,12 +50,15 @@ def _load(project, target: str):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Project directory (manifests/, templates/, server/).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Builder configuration (mirrors, fetch tuning, ledger); default: $BUILDER_CONFIG, else [tool.builder] in pyproject.toml.")
 @click.version_option(__version__, prog_name="builder")
 @click.pass_context
-def cli(ctx: click.Context, root: Path | None) -> None:
+def cli(ctx: click.Context, root: Path | None, config_path: Path | None) -> None:
     """Bake model weights into versioned, verified inference images."""
     ctx.ensure_object(dict)
     ctx.obj["root"] = root
+    ctx.obj["config"] = config_path
 
 
 @cli.command()
@@ -131,13 +143,13 @@ class _PushProgress:
 @click.option("--base-image", help="Build on this image instead of the manifest's runtime.base_image.")
 @click.option("--gpus", type=click.Choice(["auto", "all", "none"]), default="auto", show_default=True,
               help="Run the smoke test on the GPU: auto uses one when the engine has the NVIDIA runtime.")
-@click.option("--no-cache", is_flag=True, help="Build every step again (the pip cache mount stays).")
+@click.option("--no-cache", is_flag=True, help="Run every build step again; the weights and pip caches stay.")
 @click.option("--network", default="host", show_default=True, help="Network for build steps (host or default).")
 @click.option("--ca-bundle", type=click.Path(dir_okay=False, path_type=Path), envvar="BUILDER_CA_BUNDLE",
               help="CA bundle for a TLS-intercepting proxy, passed as a build secret, never stored in the image.")
 @click.option("--pip-conf", type=click.Path(dir_okay=False, path_type=Path), envvar="BUILDER_PIP_CONF",
               help="pip.conf (index URL with credentials...) passed as a build secret.")
-@click.option("--hf-endpoint", help="Hub endpoint to fetch from (default: $HF_ENDPOINT, else huggingface.co).")
+@click.option("--hf-endpoint", help="Mirror to try first (default: $HF_ENDPOINT); must be an approved mirror.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not echo the build log.")
 @click.pass_context
@@ -161,7 +173,8 @@ def build(ctx: click.Context, target: str, registry: str | None, push: bool, bas
 
     push_progress = _PushProgress()
     with push_progress.progress:
-        result = run_build(manifest, origin, project, options, Docker.connect, say, echo_build, push_progress)
+        result = run_build(manifest, origin, project, options, _services(ctx, project), Docker.connect, say,
+                           echo_build, push_progress)
     if as_json:
         click.echo(result.to_json())
         return
@@ -174,6 +187,179 @@ def build(ctx: click.Context, target: str, registry: str | None, push: bool, bas
     for caption, line in zip(captions, result.run_commands):
         click.echo(caption)
         click.echo(f"  {line}")
+
+
+@cli.command()
+@click.argument("targets", nargs=-1)
+@click.option("--check", is_flag=True, help="Change nothing; exit 1 when a lock is stale or incomplete (for CI).")
+@click.option("--hf-endpoint", help="Mirror to ask first (default: $HF_ENDPOINT); must be an approved mirror.")
+@click.pass_context
+def lock(ctx: click.Context, targets: tuple[str, ...], check: bool, hf_endpoint: str | None) -> None:
+    """Pin manifests (NAME or PATH; default: every manifest): commits, files, sha256 and sizes."""
+    from builder.build import hub_token
+    from builder.lock import lock_manifest
+    from builder.manifest import display_path
+
+    project = _project(ctx)
+    services = _services(ctx, project)
+    fetch_config = services.config.fetch_config(hf_endpoint or os.environ.get("HF_ENDPOINT"), services.ledger.mirror_ranking())
+    paths = [project.manifest_path(t) for t in targets] if targets else project.all_manifests()
+    stale = 0
+    for path in paths:
+        origin = display_path(path)
+        report = lock_manifest(path, origin, fetch_config, hub_token(), check, log=lambda line: err.print(f"    {line}", markup=False))
+        if not report.changes:
+            click.echo(f"ok {origin}: locked and up to date")
+            continue
+        stale += 1
+        verb = "stale" if check else "locked"
+        click.echo(f"{verb} {origin}:")
+        for change in report.changes:
+            click.echo(f"  {change}")
+    if check and stale:
+        from builder.errors import BuilderError as _Error
+
+        raise _Error(f"{stale} of {len(paths)} manifests need `python -m builder lock` (changes listed above)")
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@click.pass_context
+def stats(ctx: click.Context, name: str | None, as_json: bool) -> None:
+    """Download success rate and throughput per mirror, from the ledger (optionally one model's)."""
+    from rich.table import Table
+
+    services = _services(ctx, _project(ctx))
+    rows = services.ledger.mirror_stats(name)
+    if as_json:
+        click.echo(json.dumps([{**vars(r), "success_rate": r.success_rate, "throughput": r.throughput} for r in rows], indent=2))
+        return
+    if not rows:
+        click.echo(f"no download attempts recorded{f' for {name}' if name else ''} in {services.ledger.path}")
+        return
+    table = Table("mirror", "attempts", "ok", "retries", "failed", "success", "downloaded", "throughput")
+    for r in rows:
+        table.add_row(r.mirror, str(r.attempts), str(r.ok), str(r.retries), str(r.failed), f"{r.success_rate:.0%}",
+                      f"{r.bytes / 1e6:.1f} MB", f"{r.throughput / 1e6:.1f} MB/s")
+    Console().print(table)
+    ranking = services.ledger.mirror_ranking()
+    if ranking:
+        click.echo(f"preferred order: {', '.join(ranking)}")
+
+
+@cli.group()
+def cache() -> None:
+    """The content-addressed weights cache (a BuildKit cache mount shared by every build)."""
+
+
+def _cache_image(ctx: click.Context, project, image: str | None) -> str:
+    from builder.manifest import load_manifest
+
+    if image:
+        return image
+    if os.environ.get("BUILDER_CACHE_IMAGE"):
+        return os.environ["BUILDER_CACHE_IMAGE"]
+    manifests = project.all_manifests()
+    if not manifests:
+        raise ManifestError("no manifests to take a base image from: pass --image (any image with python3)")
+    return load_manifest(manifests[0]).runtime.base_image
+
+
+_image_option = click.option("--image", help="Image with python3 to run the cache tool in (default: the first manifest's base image).")
+
+
+@cache.command("ls")
+@_image_option
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def cache_ls(ctx: click.Context, image: str | None, as_json: bool) -> None:
+    """List the cached blobs, their sizes, last use and which manifests use them."""
+    import datetime as dt
+
+    from builder.cache import run_cache_tool
+    from builder.docker import Docker
+
+    project = _project(ctx)
+    rows = run_cache_tool(Docker.connect(), _cache_image(ctx, project, image), ["ls"])
+    users = _blob_users(project)
+    for row in rows:
+        row["used_by"] = sorted(users.get(row.get("sha256", ""), ()))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    blobs = [r for r in rows if r["kind"] == "blob"]
+    for row in blobs:
+        when = dt.datetime.fromtimestamp(row["last_used"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+        click.echo(f"{row['sha256']}  {row['size']:>14,}  {when}  {', '.join(row['used_by']) or '-'}")
+    partial = [r for r in rows if r["kind"] == "partial"]
+    click.echo(f"{len(blobs)} blobs, {sum(r['size'] for r in blobs):,} bytes"
+               + (f"; {len(partial)} partial downloads" if partial else ""))
+
+
+def _blob_users(project) -> dict[str, set[str]]:
+    from builder.manifest import load_manifest
+
+    users: dict[str, set[str]] = {}
+    for path in project.all_manifests():
+        try:
+            manifest = load_manifest(path)
+        except ManifestError:
+            continue
+        for source in manifest.sources:
+            for artifact in source.artifacts:
+                if artifact.sha256:
+                    users.setdefault(artifact.sha256, set()).add(manifest.name)
+    return users
+
+
+@cache.command("prune")
+@_image_option
+@click.option("--all", "everything", is_flag=True, help="Remove every blob.")
+@click.option("--unreferenced", is_flag=True, help="Remove blobs no manifest in the project pins.")
+@click.option("--older-than", type=float, metavar="DAYS", help="Remove blobs not used for this many days.")
+@click.option("--max-bytes", type=int, help="Remove least recently used blobs until the cache is this small.")
+@click.option("--partials", is_flag=True, help="Also remove partial downloads.")
+@click.option("--yes", is_flag=True, help="Really remove (the default is a dry run).")
+@click.pass_context
+def cache_prune(ctx: click.Context, image: str | None, everything: bool, unreferenced: bool, older_than: float | None,
+                max_bytes: int | None, partials: bool, yes: bool) -> None:
+    """Remove cached blobs (dry run unless --yes). Blobs a running build holds are skipped."""
+    from builder.cache import run_cache_tool
+    from builder.docker import Docker
+    from builder.errors import InputError
+
+    if not (everything or unreferenced or older_than is not None or max_bytes is not None or partials):
+        raise InputError("say what to prune: --all, --unreferenced, --older-than DAYS, --max-bytes N or --partials")
+    project = _project(ctx)
+    args = ["prune"] + (["--all"] if everything else []) + (["--unreferenced"] if unreferenced else [])
+    args += ["--older-than", str(older_than)] if older_than is not None else []
+    args += ["--max-bytes", str(max_bytes)] if max_bytes is not None else []
+    args += ["--partials"] if partials else []
+    args += [] if yes else ["--dry-run"]
+    keep = set(_blob_users(project)) if unreferenced else set()
+    rows = run_cache_tool(Docker.connect(), _cache_image(ctx, project, image), args, keep=keep)
+    removed = [r for r in rows if r["kind"] == "removed"]
+    for row in removed:
+        click.echo(f"{'would remove' if not yes else 'removed'} {row['sha256']}  {row['size']:,} bytes")
+    click.echo(f"{'would free' if not yes else 'freed'} {sum(r['size'] for r in removed):,} bytes in {len(removed)} blobs"
+               + ("" if yes else " (dry run: add --yes)"))
+
+
+@cache.command("verify")
+@_image_option
+@click.pass_context
+def cache_verify(ctx: click.Context, image: str | None) -> None:
+    """Hash every cached blob; remove any whose bytes do not match its name."""
+    from builder.cache import run_cache_tool
+    from builder.docker import Docker
+    from builder.errors import BuilderError as _Error
+
+    rows = run_cache_tool(Docker.connect(), _cache_image(ctx, _project(ctx), image), ["verify"])
+    bad = [r["sha256"] for r in rows if r["kind"] == "verified" and not r["ok"]]
+    click.echo(f"verified {len(rows)} blobs: {len(bad)} corrupt" + (f" (removed: {', '.join(b[:16] for b in bad)})" if bad else ""))
+    if bad:
+        raise _Error(f"{len(bad)} cached blobs were corrupt and have been removed: check the disk of the build host")
 
 
 @cli.command()

@@ -81,7 +81,7 @@ class BuildRequest:
     secrets: Mapping[str, Path] = field(default_factory=dict)  # id -> file; files stay outside the context
     build_args: Mapping[str, str] = field(default_factory=dict)
     network: str = "host"
-    no_cache: bool = False
+    discard: bool = False  # run the steps for their output only: export nothing, make no image
 
 
 def _failure_summary(lines: list[str]) -> str:
@@ -125,18 +125,21 @@ class Docker:
 
     # -- build -------------------------------------------------------------------------------
     def build(self, request: BuildRequest, on_line: LineSink, scrub: Iterable[str] = ()) -> str:
-        """Run the build; return the image id. Nothing is tagged: a tag comes only after the smoke."""
+        """Run the build; return the image id ("" when discarded). Nothing is tagged: a tag comes
+        only after the smoke."""
         tool = self.build_tool
         secrets_to_hide = [s for s in scrub if s]
         with tempfile.TemporaryDirectory(prefix="builder-iid-") as tmp:
             iidfile = Path(tmp, "iid")
-            argv = [*tool.argv, "--progress=plain", "--network", request.network, "--iidfile", str(iidfile)]
+            argv = [*tool.argv, "--progress=plain", "--network", request.network]
+            if request.discard:
+                argv = [a for a in argv if a != "--load"] + ["--output", "type=tar,dest=/dev/null"]
+            else:
+                argv += ["--iidfile", str(iidfile)]
             for secret_id, path in sorted(request.secrets.items()):
                 argv += ["--secret", f"id={secret_id},src={path}"]
             for key, value in sorted(request.build_args.items()):
                 argv += ["--build-arg", f"{key}={value}"]
-            if request.no_cache:
-                argv.append("--no-cache")
             argv.append(str(request.context))
             env = {**os.environ, **tool.env}
             tail: list[str] = []
@@ -159,6 +162,8 @@ class Docker:
                 if carried is not None:
                     raise carried
                 raise DockerError(f"image build failed: {_failure_summary(tail)} (the build log above has the rest)")
+            if request.discard:
+                return ""
             image_id = iidfile.read_text().strip()
         if not image_id.startswith("sha256:"):
             raise DockerError(f"the build finished but reported no image id (got {image_id!r})")

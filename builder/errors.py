@@ -29,7 +29,8 @@ class BuilderError(Exception):
 
     def marker(self) -> str:
         """One log line that carries this error out of a build container."""
-        return f"{MARKER_PREFIX}{type(self).__name__}::{' '.join(self.message.split())}"
+        name = next(c.__name__ for c in type(self).__mro__ if c.__name__ in _BY_NAME)  # private subclasses report their public parent
+        return f"{MARKER_PREFIX}{name}::{' '.join(self.message.split())}"
 
 
 class InputError(BuilderError):

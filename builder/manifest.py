@@ -157,15 +157,33 @@ class Source(_Strict):
     revision: Annotated[str, AfterValidator(_matching(_REF, "a 40-hex commit id (or, before locking, a branch or tag)"))] = Field(
         description="The commit to fetch: 40 lowercase hex characters. A branch or tag is allowed only until `builder lock` resolves it."
     )
+    ref: Annotated[str, AfterValidator(_matching(_REF, "a branch or tag name"))] | None = Field(
+        default=None,
+        description="Branch or tag that `builder lock` resolves into revision; `lock --check` fails when it has moved.",
+    )
+    include: tuple[Annotated[str, AfterValidator(_single_line)], ...] = Field(
+        default=(), description="Glob patterns (fnmatch, on repository paths) of files `builder lock` adds as artifacts."
+    )
+    exclude: tuple[Annotated[str, AfterValidator(_single_line)], ...] = Field(
+        default=(), description="Glob patterns of files the include patterns must not add."
+    )
     target: Annotated[str, AfterValidator(lambda v: v if v == "" else _relative_path(v))] = Field(
         default="", description="Directory under the model directory where this source's files land; empty for the top."
     )
     gated: bool = Field(default=False, description="The repository requires accepting its licence and a token to download.")
-    artifacts: tuple[Artifact, ...] = Field(min_length=1, description="The files to fetch from this source.")
+    artifacts: tuple[Artifact, ...] = Field(
+        default=(), description="The files to fetch from this source; `builder lock` adds those the include patterns match."
+    )
+
+    @model_validator(mode="after")
+    def _some_files(self) -> "Source":
+        if not self.artifacts and not self.include:
+            raise ValueError("list artifacts, or include patterns for `builder lock` to expand")
+        return self
 
     @property
     def locked(self) -> bool:
-        return bool(HEX40.fullmatch(self.revision)) and all(a.locked for a in self.artifacts)
+        return bool(HEX40.fullmatch(self.revision)) and bool(self.artifacts) and all(a.locked for a in self.artifacts)
 
     def destination(self, artifact: Artifact) -> str:
         return str(PurePosixPath(self.target, artifact.path)) if self.target else artifact.path
@@ -295,6 +313,8 @@ class Manifest(_Strict):
         for i, source in enumerate(self.sources):
             if not HEX40.fullmatch(source.revision):
                 items.append(f"sources[{i}].revision {source.revision!r}")
+            if not source.artifacts:
+                items.append(f"sources[{i}].include {', '.join(source.include)} (not expanded)")
             items.extend(f"{source.destination(a)}" for a in source.artifacts if not a.locked)
         return items
 

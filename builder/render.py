@@ -27,9 +27,11 @@ MODELS_ROOT = PurePosixPath("/opt/models")
 BLOB_DIR = PurePosixPath("/opt/weights/sha256")
 APP_UID = 10001
 DEFAULT_PORT = 8000
-DEFAULT_ENDPOINT = "https://huggingface.co"
-# The fetch stage needs only huggingface_hub; it takes the manifest's pin when there is one.
-FETCH_HUB_DEFAULT = "huggingface_hub==2.4.0"
+# The weights stage runs builder.fetch, written against this huggingface_hub; it is installed in
+# that throwaway stage only, so the image's own huggingface_hub pin is free to differ.
+FETCH_REQUIREMENT = "huggingface_hub==2.4.0"
+# The BuildKit cache mount that holds the content-addressed weights cache (builder/fetch.py).
+WEIGHTS_CACHE_ID = "builder-weights-v1"
 LABEL_PREFIX = "io.builder"
 
 
@@ -67,7 +69,6 @@ class RenderOptions:
 
     base_image: str | None = None  # overrides runtime.base_image (tests, air-gapped hosts)
     ca_bundle: bool = False  # a CA bundle is passed as the ca_bundle secret
-    default_endpoint: str = DEFAULT_ENDPOINT
     source_revision: str | None = None  # the builder repository's git commit, for the OCI label
     source_url: str | None = None
 
@@ -98,7 +99,7 @@ class DockerfileContext:
     uid: int
     port: int
     start_period: int
-    default_endpoint: str
+    weights_cache_id: str
     ca_bundle: bool
 
 
@@ -167,14 +168,6 @@ def _python_check(version: str) -> str:
     )
 
 
-def _fetch_requirement(manifest: Manifest) -> str:
-    for package in manifest.runtime.packages:
-        name = package.split("==", 1)[0].split("[", 1)[0].lower().replace("_", "-")
-        if name == "huggingface-hub":
-            return package
-    return FETCH_HUB_DEFAULT
-
-
 def labels(manifest: Manifest, options: RenderOptions) -> tuple[tuple[str, str], ...]:
     first = manifest.sources[0]
     items = [
@@ -226,7 +219,7 @@ def dockerfile_context(manifest: Manifest, manifest_path: str, options: RenderOp
         manifest_digest=manifest.digest,
         base_image=options.base_image or runtime.base_image,
         python_check=_python_check(runtime.python),
-        fetch_requirement=_fetch_requirement(manifest),
+        fetch_requirement=FETCH_REQUIREMENT,
         packages=runtime.packages,
         system_packages=runtime.system_packages,
         weight_layers=tuple(layer.name for layer in weights_plan(manifest).layers),
@@ -236,7 +229,7 @@ def dockerfile_context(manifest: Manifest, manifest_path: str, options: RenderOp
         uid=APP_UID,
         port=DEFAULT_PORT,
         start_period=int(manifest.smoke_test.load_timeout_seconds),
-        default_endpoint=options.default_endpoint,
+        weights_cache_id=WEIGHTS_CACHE_ID,
         ca_bundle=options.ca_bundle,
     )
 

@@ -132,11 +132,21 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc.wait(timeout=10)
 
 
+def write_config(path: Path, *mirrors: tuple[str, str], **extra: object) -> Path:
+    """A builder configuration approving exactly these (name, url) mirrors."""
+    path.write_text(yaml.safe_dump({"mirrors": [{"name": n, "url": u} for n, u in mirrors], **extra}))
+    return path
+
+
 @pytest.fixture
 def isolated_env(tmp_path: Path, hub: LocalHub) -> dict[str, str]:
-    """Environment for a builder subprocess: our Hub, no inherited token or saved login."""
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "BUILDER_REGISTRY")}
-    env.update({"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1"})
+    """Environment for a builder subprocess: our Hub as the one approved mirror, a ledger of its
+    own, no inherited token or saved login."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "BUILDER_REGISTRY", "HF_ENDPOINT")}
+    config = write_config(tmp_path / "builder.yaml", ("local", hub.url), fetch={"progress_seconds": 2})
+    env.update({"BUILDER_CONFIG": str(config), "BUILDER_LEDGER": str(tmp_path / "ledger.sqlite3"),
+                "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1"})
     return env
 
 

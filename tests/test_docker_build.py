@@ -4,16 +4,19 @@ against the loopback Hub, the smoke test inside the built image, the server over
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import shutil
 import subprocess
 import tarfile
+import uuid
 from pathlib import Path
 
 import pytest
 import requests
 
 from builder.registry import RegistryClient, RegistryRef
-from tests.conftest import free_port, wait_for, make_project, run_builder, unique_name
+from tests.conftest import free_port, make_project, run_builder, unique_name, wait_for
 from tests.localhub import LocalHub
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_ready")]
@@ -54,6 +57,20 @@ def local_tags(repository_part: str) -> list[str]:
 def demo_variant(demo_manifest_data: dict, prefix: str) -> dict:
     data = copy.deepcopy(demo_manifest_data)
     data["name"] = unique_name(prefix)
+    return data
+
+
+def with_unique_repo(data: dict, hub: LocalHub, tiny_sd: Path, tmp_path: Path, gated_tokens: set[str] | None = None) -> dict:
+    """Point data at a fresh copy of the tiny model whose README is unique, so the shared weights
+    cache cannot serve that file and the build must ask the Hub for it."""
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_sd, repo)
+    readme = f"# {data['name']}\n{uuid.uuid4()}\n".encode()
+    (repo / "README.md").write_bytes(readme)
+    repo_id = f"builder-test/{data['name']}"
+    commit = hub.publish(repo_id, repo, gated_tokens=gated_tokens)
+    data["sources"][0].update(repo_id=repo_id, revision=commit, gated=gated_tokens is not None)
+    data["sources"][0]["artifacts"][0].update(sha256=hashlib.sha256(readme).hexdigest(), size=len(readme))
     return data
 
 
@@ -102,14 +119,14 @@ def test_a_wrong_sha256_fails_the_build_and_nothing_is_tagged_or_pushed(
     tmp_path: Path, registry: str, isolated_env: dict, demo_manifest_data: dict
 ) -> None:
     data = demo_variant(demo_manifest_data, "badsha")
-    data["sources"][0]["artifacts"][8]["sha256"] = "e" * 64  # unet/diffusion_pytorch_model.safetensors
+    data["sources"][0]["artifacts"][7]["sha256"] = "e" * 64  # unet/config.json: downloaded, then hashed
     project = make_project(tmp_path, data)
     proc = build(project.root, data["name"], isolated_env, "--registry", registry)
     assert proc.returncode == 1
     assert last_line(proc) == (
-        f"error: {data['name']}: unet/diffusion_pytorch_model.safetensors from builder-demo/tiny-sd@abaa7aa9b35f: "
+        f"error: {data['name']}: unet/config.json from builder-demo/tiny-sd@abaa7aa9b35f via local: "
         f"sha256 mismatch: expected {'e' * 64}, "
-        "got 5634309f88ff3b40ab842708f0d2604799727b0cb2e42117d50c088ed9492ca4"
+        "got 2fb1db3e93bcde65dd281bd21a4645a0610b74a85bfecea4f1f51eb42b696430"
     )
     assert local_tags(data["name"]) == []
     assert RegistryClient(RegistryRef.parse(registry)).tags(data["name"]) == []
@@ -134,10 +151,8 @@ def test_the_token_reaches_the_hub_and_nowhere_else(
     tmp_path: Path, hub: LocalHub, tiny_sd: Path, isolated_env: dict, demo_manifest_data: dict
 ) -> None:
     sentinel = f"hf_SENTINEL{unique_name('tok').replace('-', '')}"
-    gated_repo = unique_name("builder-demo/gated")
-    commit = hub.publish(gated_repo, tiny_sd, gated_tokens={sentinel})
-    data = demo_variant(demo_manifest_data, "token")
-    data["sources"][0].update(repo_id=gated_repo, revision=commit, gated=True)
+    data = with_unique_repo(demo_variant(demo_manifest_data, "token"), hub, tiny_sd, tmp_path, gated_tokens={sentinel})
+    gated_repo = data["sources"][0]["repo_id"]
     data["description"] = 'quoted " $(touch /tmp/pwned) ${HOME} \\ kept literally'
     project = make_project(tmp_path, data)
     hub.clear_log()
@@ -145,9 +160,10 @@ def test_the_token_reaches_the_hub_and_nowhere_else(
     result = result_of(proc)
     assert sentinel not in proc.stdout + proc.stderr
 
-    # It did reach the Hub, on every download: the build could not have passed otherwise.
+    # It did reach the Hub for the file the cache could not serve: the build could not have passed otherwise.
     downloads = [r for r in hub.requests if f"/{gated_repo}/resolve/" in r.path and r.method == "GET"]
-    assert len(downloads) == 11 and {r.token for r in downloads} == {sentinel}
+    assert "README.md" in [r.path.rsplit("/", 1)[1] for r in downloads]
+    assert {r.token for r in downloads} == {sentinel}
 
     image = result["image_id"]
     assert sentinel not in docker_out("history", "--no-trunc", image)
@@ -186,9 +202,9 @@ def test_two_no_cache_builds_give_identical_weight_layers(
 
 
 def test_a_server_code_change_rebuilds_without_touching_the_weights(
-    tmp_path: Path, registry: str, hub: LocalHub, isolated_env: dict, demo_manifest_data: dict
+    tmp_path: Path, registry: str, hub: LocalHub, tiny_sd: Path, isolated_env: dict, demo_manifest_data: dict
 ) -> None:
-    data = demo_variant(demo_manifest_data, "codechange")
+    data = with_unique_repo(demo_variant(demo_manifest_data, "codechange"), hub, tiny_sd, tmp_path)
     project = make_project(tmp_path, data)
     client = RegistryClient(RegistryRef.parse(registry))
     hub.clear_log()

@@ -91,7 +91,7 @@ def test_demo_is_locked_and_its_digest_is_stable(demo_manifest_data: dict) -> No
         ("entrypoint", {"loader": "custom", "function": "server.custom:load"},
          "(top level): profile hf-diffusers-standard needs entrypoint.loader diffusers, not custom"),
         ("entrypoint.function", "no colon", "entrypoint.function: expected module.path:function"),
-        ("sources[0].artifacts", [], "sources[0].artifacts: needs at least 1 item(s)"),
+        ("sources[0].artifacts", [], "sources[0]: list artifacts, or include patterns for `builder lock` to expand"),
         ("name", _DELETE, "name: required field is missing"),
         ("smoke_test.expect", {"kind": "text"}, "task text-to-image produces image"),
     ],

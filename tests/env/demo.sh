@@ -34,4 +34,10 @@ grep -q "builder-demo/tiny-sd@$(grep -m1 'revision:' manifests/demo.yaml | awk '
   exit 1
 }
 
-HF_ENDPOINT=$(cat "$state/hub.url") "$PY" -m builder build demo --registry "$REGISTRY"
+# The loopback Hub is the one approved mirror for the demo (the project's own configuration,
+# [tool.builder] in pyproject.toml, approves only huggingface.co).
+cat >"$state/builder.yaml" <<YML
+mirrors:
+  - {name: localhub, url: $(cat "$state/hub.url")}
+YML
+BUILDER_CONFIG="$state/builder.yaml" "$PY" -m builder build demo --registry "$REGISTRY"

@@ -1,3 +1,3 @@
-from tests.localhub.server import LocalHub, scan_repo, wait_until_up
+from tests.localhub.server import Fault, LocalHub, LoggedRequest, scan_repo
 
-__all__ = ["LocalHub", "scan_repo", "wait_until_up"]
+__all__ = ["Fault", "LocalHub", "LoggedRequest", "scan_repo"]

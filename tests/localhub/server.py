@@ -7,15 +7,21 @@ hf_api.py):
 - GET  /api/models/{ns}/{name}[/revision/{rev}]    -> {"id", "sha", "siblings": [{"rfilename"}]}
 - GET  /api/models/{ns}/{name}/tree/{rev}[/{dir}]   -> [{"type": "file", "path", "size", "oid", "lfs"?}]
 - HEAD /{ns}/{name}/resolve/{rev}/{path}            -> X-Repo-Commit, quoted ETag, Content-Length
-- GET  /{ns}/{name}/resolve/{rev}/{path}            -> the bytes; "Range: bytes=N-" gives 206
+- GET  /{ns}/{name}/resolve/{rev}/{path}            -> the bytes; "Range: bytes=N-[M]" gives 206
 
 Errors carry the Hub's X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo)
 with its status. A repository is a directory; its commit id is a hash of its file listing,
 so the same files always publish under the same 40-hex revision, which a committed manifest
 can pin. `main` resolves to that commit.
 
-Every request is logged (method, path, status, whether a token came with it, and the token
-itself so tests can prove a secret reached the Hub and nowhere else).
+With `cdn=True`, LFS files are not served by the Hub itself: HEAD and GET on /resolve answer
+302 to a second origin (another port), with X-Linked-Size / X-Linked-Etag, as the real Hub
+redirects to its CDN; the CDN needs no token and must not be sent one.
+
+Faults (`hub.inject(Fault(...))`) make chosen requests fail the ways real downloads fail: an
+HTTP status (5xx, 429 with Retry-After, 401/403), a connection dropped mid-body, a slow
+trickle, a stall, corrupted bytes. Every request is logged (origin, method, path, status,
+token, Range, body bytes sent), so tests can assert on what was asked and what was sent.
 """
 
 from __future__ import annotations
@@ -24,24 +30,26 @@ import hashlib
 import json
 import re
 import shutil
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".onnx", ".gguf", ".msgpack", ".h5")
 LFS_MIN_SIZE = 10 * 1024 * 1024
-HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_CHUNK = 1 << 20
 
 
 def git_blob_sha1(path: Path) -> str:
     """The git object id of a file, as the Hub reports for files kept in plain git."""
     digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
     with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -49,7 +57,7 @@ def git_blob_sha1(path: Path) -> str:
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -90,25 +98,74 @@ def scan_repo(repo_id: str, root: Path, gated_tokens: frozenset[str] | None = No
 
 
 @dataclass
+class Fault:
+    """A way to fail the next `times` requests whose path contains `path` (and method matches)."""
+
+    kind: Literal["status", "drop", "trickle", "stall", "corrupt"]
+    path: str = ""
+    method: str | None = "GET"
+    times: int = 1  # -1: every matching request
+    origin: str | None = None  # "hub", "cdn" or None for both
+    status: int = 503
+    retry_after: str | None = None  # for status faults, e.g. "1"
+    error_code: str | None = None  # X-Error-Code, e.g. "GatedRepo"
+    after_bytes: int = 0  # drop / stall / corrupt: after this many body bytes
+    rate: int = 0  # trickle: bytes per second
+    stall_seconds: float = 0.0
+
+
+@dataclass
 class LoggedRequest:
+    origin: str
     method: str
     path: str
     status: int
     token: str | None
     range: str | None
+    sent: int = 0  # body bytes written
+    fault: str | None = None
 
 
 @dataclass
 class HubState:
     repos: dict[str, Repo] = field(default_factory=dict)
     log: list[LoggedRequest] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    cdn_url: str | None = None
+
+    def take_fault(self, origin: str, method: str, path: str) -> Fault | None:
+        with self.lock:
+            for fault in self.faults:
+                if fault.times == 0 or fault.path not in path:
+                    continue
+                if fault.method is not None and fault.method != method:
+                    continue
+                if fault.origin is not None and fault.origin != origin:
+                    continue
+                if fault.times > 0:
+                    fault.times -= 1
+                return fault
+        return None
+
+    def blob(self, sha256: str) -> tuple[Repo, RepoFile] | None:
+        with self.lock:
+            for repo in self.repos.values():
+                for entry in repo.files.values():
+                    if entry.sha256 == sha256:
+                        return repo, entry
+        return None
+
+
+class _Dropped(Exception):
+    """The connection was cut on purpose."""
 
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "localhub/1"
     protocol_version = "HTTP/1.1"
     state: HubState  # set on the subclass made per server
+    origin: str = "hub"
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
         return  # the request log below is the record; stderr stays quiet
@@ -118,26 +175,34 @@ class _Handler(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization", "")
         return auth[7:] if auth.startswith("Bearer ") else None
 
-    def _record(self, status: int) -> None:
+    def _record(self, status: int, sent: int = 0, fault: Fault | None = None) -> LoggedRequest:
+        """Log the request as soon as its answer starts (the body's byte count follows), so a
+        client that has read everything never sees the log lag behind."""
+        entry = LoggedRequest(self.origin, self.command, self.path, status, self._token(), self.headers.get("Range"),
+                              sent, fault.kind if fault else None)
         with self.state.lock:
-            self.state.log.append(
-                LoggedRequest(self.command, self.path, status, self._token(), self.headers.get("Range"))
-            )
+            self.state.log.append(entry)
+        return entry
 
-    def _send_json(self, status: int, body: object, headers: dict[str, str] | None = None) -> None:
+    def _send_json(self, status: int, body: object, headers: dict[str, str] | None = None,
+                   fault: Fault | None = None) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
+        self._record(status, fault=fault)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
-        self._record(status)
 
-    def _error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        self._send_json(status, {"error": message}, {"X-Error-Code": code, "X-Error-Message": message, **(headers or {})})
+    def _error(self, status: int, code: str | None, message: str, headers: dict[str, str] | None = None,
+               fault: Fault | None = None) -> None:
+        extra = {"X-Error-Message": message, **(headers or {})}
+        if code:
+            extra["X-Error-Code"] = code
+        self._send_json(status, {"error": message}, extra, fault)
 
     def _repo(self, ns: str, name: str) -> Repo | None:
         repo_id = f"{ns}/{name}"
@@ -171,6 +236,31 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self) -> None:
         path = urlsplit(self.path).path
+        fault = self.state.take_fault(self.origin, self.command, path)
+        if fault is not None and fault.kind == "status":
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            self._error(fault.status, fault.error_code, f"injected {fault.status}", headers, fault)
+            return
+        try:
+            if self.origin == "cdn":
+                self._route_cdn(path, fault)
+            else:
+                self._route_hub(path, fault)
+        except _Dropped:
+            self.close_connection = True
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _route_cdn(self, path: str, fault: Fault | None) -> None:
+        match = re.fullmatch(r"/blobs/([0-9a-f]{64})", path)
+        found = self.state.blob(match.group(1)) if match else None
+        if found is None:
+            self._error(404, None, "NoSuchKey")
+            return
+        repo, entry = found
+        self._send_file(repo, entry, fault, cdn=True)
+
+    def _route_hub(self, path: str, fault: Fault | None) -> None:
         api = re.fullmatch(r"/api/models/([^/]+)/([^/]+)(?:/(revision|tree)/([^/]+)(?:/(.*))?)?", path)
         if api:
             ns, name, kind, rev, sub = api.groups()
@@ -206,58 +296,114 @@ class _Handler(BaseHTTPRequestHandler):
             repo = self._repo(ns, name)
             if repo is None or not self._revision(repo, rev):
                 return
-            self._send_file(repo, unquote(file_path))
+            entry = repo.files.get(unquote(file_path))
+            if entry is None:
+                self._error(404, "EntryNotFound", f"{file_path} does not exist on revision {repo.commit}",
+                            {"X-Repo-Commit": repo.commit})
+                return
+            if entry.sha256 and self.state.cdn_url:
+                self._redirect_to_cdn(repo, entry)
+                return
+            self._send_file(repo, entry, fault)
             return
         self._error(404, "EntryNotFound", f"No route for {path}")
 
-    def _send_file(self, repo: Repo, file_path: str) -> None:
-        entry = repo.files.get(file_path)
-        if entry is None:
-            self._error(404, "EntryNotFound", f"{file_path} does not exist on revision {repo.commit}",
-                        {"X-Repo-Commit": repo.commit})
-            return
-        start, status = 0, HTTPStatus.OK
+    def _redirect_to_cdn(self, repo: Repo, entry: RepoFile) -> None:
+        """As the real Hub does for LFS files: 302 to a signed CDN URL, metadata on the redirect."""
+        self.send_response(302)
+        self.send_header("Location", f"{self.state.cdn_url}/blobs/{entry.sha256}?X-Amz-Signature=localhub")
+        self.send_header("X-Repo-Commit", repo.commit)
+        self.send_header("X-Linked-Etag", f'"{entry.sha256}"')
+        self.send_header("X-Linked-Size", str(entry.size))
+        self.send_header("ETag", f'"{entry.blob_id}"')
+        self.send_header("Content-Length", "0")
+        self._record(302)
+        self.end_headers()
+
+    def _send_file(self, repo: Repo, entry: RepoFile, fault: Fault | None, cdn: bool = False) -> None:
+        start, end, status = 0, entry.size - 1, HTTPStatus.OK
         rng = self.headers.get("Range")
         if rng:
-            match = re.fullmatch(r"bytes=(\d+)-", rng.strip())
-            if not match or int(match.group(1)) > entry.size:
+            match = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
+            if not match or int(match.group(1)) >= max(entry.size, 1):
                 self._error(416, "RangeNotSatisfiable", f"bad range {rng}")
                 return
-            start, status = int(match.group(1)), HTTPStatus.PARTIAL_CONTENT
+            start = int(match.group(1))
+            end = min(int(match.group(2)), entry.size - 1) if match.group(2) else entry.size - 1
+            status = HTTPStatus.PARTIAL_CONTENT
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(entry.size - start))
+        self.send_header("Content-Length", str(end - start + 1))
         self.send_header("ETag", f'"{entry.etag}"')
-        self.send_header("X-Repo-Commit", repo.commit)
         self.send_header("Accept-Ranges", "bytes")
-        if entry.sha256:
-            self.send_header("X-Linked-Etag", f'"{entry.sha256}"')
-            self.send_header("X-Linked-Size", str(entry.size))
+        if not cdn:
+            self.send_header("X-Repo-Commit", repo.commit)
+            if entry.sha256:
+                self.send_header("X-Linked-Etag", f'"{entry.sha256}"')
+                self.send_header("X-Linked-Size", str(entry.size))
         if status == HTTPStatus.PARTIAL_CONTENT:
-            self.send_header("Content-Range", f"bytes {start}-{entry.size - 1}/{entry.size}")
+            self.send_header("Content-Range", f"bytes {start}-{end}/{entry.size}")
+        logged = self._record(int(status), 0, fault)
         self.end_headers()
         if self.command == "GET":
-            with (repo.root / file_path).open("rb") as fh:
-                fh.seek(start)
-                shutil.copyfileobj(fh, self.wfile, 1 << 20)
-        self._record(int(status))
+            self._body(repo.root / entry.path, start, end - start + 1, fault, logged)
+
+    def _body(self, path: Path, start: int, length: int, fault: Fault | None, logged: LoggedRequest) -> None:
+        """Write length bytes of path from start, applying a body fault; count them in `logged`."""
+        kind = fault.kind if fault else None
+        chunk = 16 * 1024 if kind == "trickle" else _CHUNK
+        with path.open("rb") as fh:
+            fh.seek(start)
+            while logged.sent < length:
+                data = fh.read(min(chunk, length - logged.sent))
+                if not data:
+                    break
+                if kind in ("drop", "stall", "corrupt") and logged.sent + len(data) > fault.after_bytes >= logged.sent:
+                    cut = fault.after_bytes - logged.sent
+                    if kind == "corrupt":
+                        data = data[:cut] + bytes([data[cut] ^ 0xFF]) + data[cut + 1:]
+                    else:
+                        self.wfile.write(data[:cut])
+                        self.wfile.flush()
+                        logged.sent += cut
+                        if kind == "stall":
+                            time.sleep(fault.stall_seconds)
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        raise _Dropped()
+                if kind == "trickle":
+                    time.sleep(len(data) / fault.rate)  # pace first: the last byte is not followed by a sleep
+                self.wfile.write(data)
+                logged.sent += len(data)
+
+
+def _server(state: HubState, origin: str, host: str, port: int) -> ThreadingHTTPServer:
+    handler = type(f"{origin.title()}Handler", (_Handler,), {"state": state, "origin": origin})
+    httpd = ThreadingHTTPServer((host, port), handler)
+    httpd.daemon_threads = True
+    return httpd
 
 
 class LocalHub:
-    """A loopback Hub. Use as a context manager, or start()/stop()."""
+    """A loopback Hub (and, with cdn=True, its CDN). Use as a context manager, or start()/stop()."""
 
-    def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0, cdn: bool = False) -> None:
         self.root = Path(root)
         self.state = HubState()
-        handler = type("Handler", (_Handler,), {"state": self.state})
-        self._httpd = ThreadingHTTPServer((host, port), handler)
-        self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        self._servers = [_server(self.state, "hub", host, port)]
+        if cdn:
+            self._servers.append(_server(self.state, "cdn", host, 0))
+            cdn_host, cdn_port = self._servers[1].server_address[:2]
+            self.state.cdn_url = f"http://{cdn_host}:{cdn_port}"
+        self._threads: list[threading.Thread] = []
 
     @property
     def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
+        host, port = self._servers[0].server_address[:2]
         return f"http://{host}:{port}"
+
+    @property
+    def cdn_url(self) -> str | None:
+        return self.state.cdn_url
 
     def publish(self, repo_id: str, source: Path, gated_tokens: set[str] | None = None) -> str:
         """Copy a directory in as repo_id (replacing it) and return its commit id."""
@@ -273,6 +419,14 @@ class LocalHub:
             self.state.repos[repo_id] = repo
         return repo.commit
 
+    def inject(self, *faults: Fault) -> None:
+        with self.state.lock:
+            self.state.faults.extend(faults)
+
+    def clear_faults(self) -> None:
+        with self.state.lock:
+            self.state.faults.clear()
+
     @property
     def requests(self) -> list[LoggedRequest]:
         with self.state.lock:
@@ -283,16 +437,21 @@ class LocalHub:
             self.state.log.clear()
 
     def start(self) -> "LocalHub":
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="localhub", daemon=True)
-        self._thread.start()
+        for server in self._servers:
+            thread = threading.Thread(target=server.serve_forever, name="localhub", daemon=True)
+            thread.start()
+            self._threads.append(thread)
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
 
     def serve_forever(self) -> None:
-        self._httpd.serve_forever()
+        for server in self._servers[1:]:
+            threading.Thread(target=server.serve_forever, name="localhub-cdn", daemon=True).start()
+        self._servers[0].serve_forever()
 
     def __enter__(self) -> "LocalHub":
         return self.start()
@@ -301,22 +460,4 @@ class LocalHub:
         self.stop()
 
 
-def wait_until_up(url: str, timeout: float = 10.0) -> None:
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/api/models/x/y/revision/main", timeout=1)
-        except urllib.error.HTTPError:
-            return  # any HTTP answer means it is serving
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-        else:
-            return
-
-
-__all__ = ["LocalHub", "scan_repo", "wait_until_up", "git_blob_sha1", "file_sha256"]
+__all__ = ["Fault", "LocalHub", "LoggedRequest", "scan_repo", "git_blob_sha1", "file_sha256"]

@@ -1,0 +1,121 @@
+"""The builder's own configuration: approved mirrors, fetch tuning, where the ledger lives.
+
+Read from `[tool.builder]` in the project's pyproject.toml, or from the file named by
+`--config` / $BUILDER_CONFIG (YAML or TOML, the same keys at the top level). A mirror is any
+Hub-compatible endpoint (the official Hub, an internal `olah` mirror); only the listed ones are
+ever fetched from, and HF_ENDPOINT must name one of them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from builder.errors import ConfigError
+from builder.fetch import OFFICIAL_HUB, FetchConfig, Mirror
+
+
+def _url(value: str) -> str:
+    if not value.startswith(("https://", "http://")) or any(ch.isspace() for ch in value):
+        raise ValueError(f"expected an http(s) URL, got {value!r}")
+    return value.rstrip("/")
+
+
+class MirrorEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="Short name used in logs and stats.")
+    url: Annotated[str, AfterValidator(_url)] = Field(description="Base URL of a Hub-compatible endpoint.")
+
+
+class FetchTuning(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    concurrency: int = Field(default=4, ge=1, le=64, description="Files downloaded at once.")
+    parts: int = Field(default=4, ge=1, le=32, description="Byte ranges downloaded at once per large file.")
+    min_part_bytes: int = Field(default=32 * 1024 * 1024, ge=1024 * 1024, description="Smallest byte range.")
+    attempts: int = Field(default=6, ge=1, le=50, description="Failures in a row, without progress, before a mirror is given up.")
+    backoff_base: float = Field(default=0.5, gt=0, description="First backoff ceiling in seconds (doubles each failure).")
+    backoff_max: float = Field(default=30.0, gt=0, description="Largest backoff ceiling in seconds.")
+    connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to connect.")
+    read_timeout: float = Field(default=60.0, gt=0, description="Seconds without a byte before a retry.")
+    progress_seconds: float = Field(default=10.0, gt=0, description="Seconds between progress lines.")
+
+
+class BuilderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mirrors: tuple[MirrorEntry, ...] = Field(
+        default=(MirrorEntry(name="hub", url=OFFICIAL_HUB),), min_length=1,
+        description="Approved Hub-compatible endpoints, in order of preference.",
+    )
+    prefer_fastest_mirror: bool = Field(
+        default=True, description="Order mirrors by their success rate and speed in the download ledger."
+    )
+    fetch: FetchTuning = Field(default_factory=FetchTuning, description="Download tuning.")
+    ledger: str | None = Field(default=None, description="SQLite ledger path (default: $XDG_STATE_HOME/builder).")
+
+    @property
+    def ledger_path(self) -> Path:
+        explicit = os.environ.get("BUILDER_LEDGER") or self.ledger
+        if explicit:
+            return Path(explicit).expanduser()
+        state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+        return state / "builder" / "ledger.sqlite3"
+
+    def approved(self, url: str) -> MirrorEntry | None:
+        wanted = url.rstrip("/")
+        return next((m for m in self.mirrors if m.url == wanted), None)
+
+    def fetch_config(self, endpoint: str | None, ranking: list[str] | None = None) -> FetchConfig:
+        """The mirrors to try, in order: the explicit endpoint first (it must be approved), then
+        by the ledger's ranking when enabled, then as configured."""
+        order = list(self.mirrors)
+        if ranking and self.prefer_fastest_mirror:
+            position = {name: i for i, name in enumerate(ranking)}
+            order.sort(key=lambda m: position.get(m.name, len(position)))
+        if endpoint:
+            chosen = self.approved(endpoint)
+            if chosen is None:
+                approved = ", ".join(m.url for m in self.mirrors)
+                raise ConfigError(
+                    f"HF_ENDPOINT {endpoint} is not an approved mirror (approved: {approved}): add it to the "
+                    f"builder configuration's mirrors or unset HF_ENDPOINT"
+                )
+            order.remove(chosen)
+            order.insert(0, chosen)
+        return FetchConfig(mirrors=tuple(Mirror(m.name, m.url) for m in order), **self.fetch.model_dump())
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the builder configuration: {exc.strerror}") from None
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+            return data.get("tool", {}).get("builder", data) if path.name == "pyproject.toml" else data
+        return yaml.safe_load(text) or {}
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'YAML'}: {' '.join(str(exc).split())[:200]}") from None
+
+
+def load_config(project_root: Path, explicit: str | Path | None = None) -> BuilderConfig:
+    """--config, else $BUILDER_CONFIG, else [tool.builder] in pyproject.toml, else defaults."""
+    source = explicit or os.environ.get("BUILDER_CONFIG")
+    path = Path(source) if source else project_root / "pyproject.toml"
+    if not source and not path.exists():
+        return BuilderConfig()
+    data = _read(path)
+    try:
+        return BuilderConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise ConfigError(f"{path}: {where}: {first['msg']}") from None

@@ -1,0 +1,87 @@
+"""The build ledger: migrations, attempts, per-mirror stats and ranking, concurrent writers."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from builder.errors import ConfigError
+from builder.fetch import Attempt
+from builder.ledger import MIGRATIONS, Ledger
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def attempt(mirror: str, outcome: str, n: int = 1000, seconds: float = 1.0, model: str = "m") -> Attempt:
+    return Attempt(model, "ns/repo", "a" * 40, "file.bin", mirror, n, seconds, outcome, None if outcome == "ok" else "x")
+
+
+def test_migrations_run_once_and_the_schema_version_is_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    Ledger(path).close()
+    Ledger(path).close()  # a second open must not re-run them
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_ledger_from_a_newer_builder_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    Ledger(path).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 5}")
+    db.commit()
+    db.close()
+    with pytest.raises(ConfigError, match="written by a newer builder"):
+        Ledger(path)
+
+
+def test_stats_per_mirror(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.sqlite3")
+    ledger.record_attempts([
+        attempt("hub", "retry", 10, 0.5), attempt("hub", "ok", 4000, 2.0), attempt("hub", "failed", 0, 1.0),
+        attempt("mirror", "ok", 9000, 1.0), attempt("cache", "cached", 0, 0.0),
+    ], build_id="b1")
+    stats = {s.mirror: s for s in ledger.mirror_stats()}
+    assert set(stats) == {"hub", "mirror"}  # cache hits are not attempts on a mirror
+    assert (stats["hub"].attempts, stats["hub"].ok, stats["hub"].retries, stats["hub"].failed) == (3, 1, 1, 1)
+    assert stats["hub"].success_rate == pytest.approx(1 / 3)
+    assert stats["hub"].throughput == pytest.approx(2000.0)
+    assert stats["mirror"].throughput == pytest.approx(9000.0)
+    assert [s.mirror for s in ledger.mirror_stats(model="other")] == []
+
+
+def test_ranking_prefers_reliable_then_fast_mirrors_with_enough_history(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.sqlite3")
+    ledger.record_attempts([attempt("slow", "ok", 1000, 10.0) for _ in range(3)])
+    ledger.record_attempts([attempt("fast", "ok", 1000, 1.0) for _ in range(3)])
+    ledger.record_attempts([attempt("flaky", "ok", 1000, 0.1), attempt("flaky", "failed"), attempt("flaky", "failed")])
+    ledger.record_attempts([attempt("new", "ok", 10**9, 0.001)])  # too little history to rank
+    assert ledger.mirror_ranking() == ["fast", "slow", "flaky"]
+
+
+def test_two_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite3"
+    Ledger(path).close()
+    script = (
+        "import sys; from pathlib import Path; from builder.ledger import Ledger; from builder.fetch import Attempt\n"
+        "ledger = Ledger(Path(sys.argv[1]))\n"
+        "for i in range(200):\n"
+        "    ledger.record_attempts([Attempt('m', 'r/r', 'a' * 40, f'{sys.argv[2]}-{i}', sys.argv[2], i, 0.1, 'ok')])\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(path), name], cwd=ROOT) for name in ("one", "two")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    rows = Ledger(path).attempts()
+    assert len(rows) == 400
+    assert {r.path for r in rows} == {f"{n}-{i}" for n in ("one", "two") for i in range(200)}
+
+
+def test_an_unusable_ledger_path_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="cannot open the build ledger"):
+        Ledger(blocker / "ledger.sqlite3")

@@ -37,8 +37,8 @@ class FetchTuning(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     concurrency: int = Field(default=4, ge=1, le=64, description="Files downloaded at once.")
-    parts: int = Field(default=4, ge=1, le=32, description="Byte ranges downloaded at once per large file.")
-    min_part_bytes: int = Field(default=32 * 1024 * 1024, ge=1024 * 1024, description="Smallest byte range.")
+    parts: int = Field(default=4, ge=1, le=32, description="Byte ranges in flight at once per large file.")
+    chunk_bytes: int = Field(default=32 * 1024 * 1024, ge=1024 * 1024, description="Size of each byte range of a large file.")
     attempts: int = Field(default=6, ge=1, le=50, description="Failures in a row, without progress, before a mirror is given up.")
     backoff_base: float = Field(default=0.5, gt=0, description="First backoff ceiling in seconds (doubles each failure).")
     backoff_max: float = Field(default=30.0, gt=0, description="Largest backoff ceiling in seconds.")

@@ -39,19 +39,25 @@ line that the host writes to its ledger). Failures end in one BuilderError line.
 from __future__ import annotations
 
 import argparse
+import base64
+import collections
 import contextlib
 import email.utils
 import errno
 import fcntl
 import hashlib
+import http.client
 import json
 import os
 import random
 import re
 import shutil
+import ssl
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -84,8 +90,8 @@ class FetchConfig:
 
     mirrors: tuple[Mirror, ...] = (Mirror("hub", OFFICIAL_HUB),)
     concurrency: int = 4  # files at once
-    parts: int = 4  # byte ranges at once per large file
-    min_part_bytes: int = 32 * 1024 * 1024  # no range smaller than this
+    parts: int = 4  # byte ranges in flight at once per large file
+    chunk_bytes: int = 32 * 1024 * 1024  # a large file is fetched as ranges of this size, in order
     attempts: int = 6  # failures in a row without progress, per file and mirror
     backoff_base: float = 0.5
     backoff_max: float = 30.0
@@ -293,21 +299,35 @@ class _Transfer:
     lock: threading.Condition = field(default_factory=threading.Condition)
     failed: BaseException | None = None
     saved_at: float = 0.0
+    first_open: int = 0  # segments before this index are complete
+    digest: Any = field(default_factory=hashlib.sha256)
+    hashed: int = 0  # bytes from 0 already in digest
+    hash_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def hash_in_order(self, offset: int, data: memoryview) -> None:
+        """Hash data just written at offset if it continues the digest: no read back from disk.
+        Skipped (the follower reads it back later) when it does not, or the follower is busy."""
+        if offset != self.hashed or not self.hash_lock.acquire(blocking=False):
+            return
+        try:
+            if offset == self.hashed:
+                self.digest.update(data)
+                self.hashed += len(data)
+        finally:
+            self.hash_lock.release()
 
     @property
     def state_path(self) -> Path:
         return self.part.with_suffix(".json")
 
     def frontier(self) -> int:
-        """End of the contiguous bytes written from offset 0."""
-        end = 0
-        for seg in self.segments:
-            if seg.start > end:
-                break
-            end = seg.start + seg.done
-            if not seg.complete:
-                break
-        return end
+        """End of the contiguous bytes written from offset 0 (call with the lock held)."""
+        while self.first_open < len(self.segments) and self.segments[self.first_open].complete:
+            self.first_open += 1
+        if self.first_open == len(self.segments):
+            return self.size
+        segment = self.segments[self.first_open]
+        return segment.start + segment.done
 
     def save(self, force: bool = False) -> None:
         """Record each segment's progress (at most once a second unless forced). Only bytes
@@ -323,7 +343,12 @@ class _Transfer:
             os.replace(tmp, self.state_path)
 
     @classmethod
-    def resume_or_new(cls, part: Path, size: int, parts: int, min_part: int) -> "_Transfer":
+    def resume_or_new(cls, part: Path, size: int, chunk: int) -> "_Transfer":
+        """The saved transfer for part if it matches size, else a fresh one cut into chunks.
+
+        Chunks, not one range per connection: the workers take them in file order, so the bytes
+        written stay nearly contiguous and the sha256 follower hashes right behind them instead
+        of waiting for the first quarter of the file to finish (and then hashing the rest)."""
         state_path = part.with_suffix(".json")
         if part.exists() and state_path.exists():
             try:
@@ -333,9 +358,8 @@ class _Transfer:
                     return cls(part, size, segments)
             except (ValueError, KeyError, TypeError, OSError):
                 pass
-        count = max(1, min(parts, size // max(min_part, 1)))
-        step = -(-size // count) if size else 0
-        segments = [_Segment(i * step, min(step, size - i * step)) for i in range(count)] if size else [_Segment(0, 0)]
+        step = max(chunk, 1)
+        segments = [_Segment(start, min(step, size - start)) for start in range(0, size, step)] or [_Segment(0, 0)]
         with part.open("wb") as fh:
             fh.truncate(size)
         transfer = cls(part, size, segments)
@@ -346,6 +370,97 @@ class _Transfer:
         for path in (self.part, self.state_path):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+
+class _Expired(Exception):
+    """A CDN refused a signed URL mid-download (it expired): resolve the file again and resume."""
+
+
+class _RangeClient:
+    """Byte-range GETs over the standard library's http.client, one keep-alive connection per
+    origin and thread. The body is read with readinto into one reused buffer and written with
+    pwrite: on these machines that costs a fraction of the CPU per byte of an httpx stream
+    (bench/fetch_speed.py), and on a fast link CPU is what limits a download. huggingface_hub
+    still does the HEAD, the auth decision and the error mapping; this only moves bytes.
+    HTTPS_PROXY/HTTP_PROXY/NO_PROXY are honoured (CONNECT tunnel for https)."""
+
+    def __init__(self, connect_timeout: float, read_timeout: float) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._local = threading.local()
+
+    def _connection(self, url: urllib.parse.SplitResult) -> http.client.HTTPConnection:
+        pool = self._local.__dict__.setdefault("pool", {})
+        port = url.port or (443 if url.scheme == "https" else 80)
+        key = (url.scheme, url.hostname, port)
+        conn = pool.get(key)
+        if conn is not None:
+            return conn
+        proxy = None if urllib.request.proxy_bypass(url.hostname or "") else urllib.request.getproxies().get(url.scheme)
+        target_host, target_port, tunnel_headers = url.hostname, port, {}
+        if proxy:
+            parsed = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+            target_host, target_port = parsed.hostname, parsed.port or 80
+            if parsed.username:
+                credentials = f"{urllib.parse.unquote(parsed.username)}:{urllib.parse.unquote(parsed.password or '')}"
+                tunnel_headers["Proxy-Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
+        if url.scheme == "https":
+            conn = http.client.HTTPSConnection(target_host, target_port, timeout=self.connect_timeout,
+                                               context=ssl.create_default_context())
+            if proxy:
+                conn.set_tunnel(url.hostname, port, headers=tunnel_headers)
+        else:
+            conn = http.client.HTTPConnection(target_host, target_port, timeout=self.connect_timeout)
+        conn.connect()
+        conn.sock.settimeout(self.read_timeout)
+        conn._builder_absolute = bool(proxy) and url.scheme == "http"  # plain http through a proxy: absolute URI
+        pool[key] = conn
+        return conn
+
+    def _drop(self, url: urllib.parse.SplitResult) -> None:
+        pool = self._local.__dict__.get("pool", {})
+        key = (url.scheme, url.hostname, url.port or (443 if url.scheme == "https" else 80))
+        conn = pool.pop(key, None)
+        if conn is not None:
+            conn.close()
+
+    def get(self, url: str, headers: dict[str, str], on_bytes: Callable[[memoryview], bool]) -> None:
+        """GET url and hand the body to on_bytes chunk by chunk (it returns False to stop)."""
+        parsed = urllib.parse.urlsplit(url)
+        path = urllib.parse.urlunsplit(("", "", parsed.path or "/", parsed.query, ""))
+        conn = self._connection(parsed)
+        keep = False
+        try:
+            conn.request("GET", url if getattr(conn, "_builder_absolute", False) else path, headers=headers)
+            response = conn.getresponse()
+            status = response.status
+            if status >= 300:
+                detail = response.headers.get("X-Error-Message") or response.reason
+                code = response.headers.get("X-Error-Code")
+                response.read()
+                keep = not response.will_close
+                if status in _RETRY_STATUS:
+                    raise _Retryable(f"HTTP {status}", _retry_after(response.headers.get("Retry-After")))
+                raise _HttpStatus(status, code, detail)
+            if status == 200 and "Range" in headers and not headers["Range"].startswith("bytes=0-"):
+                raise _NoRanges()
+            buffer = memoryview(bytearray(1024 * 1024))
+            while True:
+                n = response.readinto(buffer)
+                if not n:
+                    break
+                if not on_bytes(buffer[:n]):
+                    return
+            keep = not response.will_close
+        finally:
+            if not keep:
+                self._drop(parsed)
+
+
+class _HttpStatus(Exception):
+    def __init__(self, status: int, code: str | None, detail: str) -> None:
+        super().__init__(f"HTTP {status}" + (f" {code}" if code else "") + f": {detail}")
+        self.status = status
 
 
 def _origin(url: str) -> tuple[str, str, int]:
@@ -386,6 +501,7 @@ class FetchEngine:
         self.sleep = sleep
         self._progress = {"bytes": 0, "total": 0, "active": 0}
         self._progress_lock = threading.Lock()
+        self._client = _RangeClient(config.connect_timeout, config.read_timeout)
 
     # -- errors ------------------------------------------------------------------------------
     def _hub_error(self, job: _Job, exc: Exception) -> BuilderError:
@@ -437,11 +553,16 @@ class FetchEngine:
 
         if isinstance(exc, _Retryable):
             return exc
-        if isinstance(exc, httpx2.TransportError):
-            return _Retryable(f"{type(exc).__name__}: {_one_line(exc, 120)}")
-        response = getattr(exc, "response", None)
-        if isinstance(exc, HfHubHTTPError) and response is not None and response.status_code in _RETRY_STATUS:
-            return _Retryable(f"HTTP {response.status_code}", _retry_after(response.headers.get("Retry-After")))
+        if isinstance(exc, HfHubHTTPError):  # before OSError: HfHubHTTPError is one
+            response = exc.response
+            if response is not None and response.status_code in _RETRY_STATUS:
+                return _Retryable(f"HTTP {response.status_code}", _retry_after(response.headers.get("Retry-After")))
+            return None
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return None  # not transient: the CA bundle is wrong (see --ca-bundle)
+        if isinstance(exc, (httpx2.TransportError, http.client.HTTPException, OSError)):
+            name = "ReadTimeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+            return _Retryable(f"{name}: {_one_line(exc, 120)}")
         return None
 
     def _backoff(self, failures: int, hint: float | None) -> float:
@@ -530,19 +651,28 @@ class FetchEngine:
         headers["Accept-Encoding"] = "identity"
         if item.size is None:
             self._check_space(size)
-        transfer = _Transfer.resume_or_new(self.cache.partial(item.key), size, self.config.parts, self.config.min_part_bytes)
+        transfer = _Transfer.resume_or_new(self.cache.partial(item.key), size, self.config.chunk_bytes)
         resumed = sum(s.done for s in transfer.segments)
         if resumed:
             self.log(f"resuming {item.dest}: {_human(resumed)} of {_human(size)} already on disk")
         with self._progress_lock:
             self._progress["total"] += size - resumed
-        try:
-            digest = self._run_transfer(job, transfer, location, headers)
-        except _NoRanges:
-            self.log(f"{mirror.name} ignores byte ranges for {item.dest}: one stream from the start")
-            transfer.discard()
-            transfer = _Transfer.resume_or_new(transfer.part, size, 1, size + 1)
-            digest = self._run_transfer(job, transfer, location, headers)
+        for refresh in range(4):
+            try:
+                digest = self._run_transfer(job, transfer, location, headers, same_origin)
+                break
+            except _NoRanges:
+                self.log(f"{mirror.name} ignores byte ranges for {item.dest}: one stream from the start")
+                transfer.discard()
+                transfer = _Transfer.resume_or_new(transfer.part, size, size + 1)
+            except _Expired as exc:
+                if refresh == 3:
+                    raise DownloadError(f"{self.model}: {item.dest} via {mirror.name}: the CDN keeps refusing: {exc}") from None
+                self.log(f"{item.dest}: the CDN refused the download URL ({exc}); resolving it again")
+                location = self._metadata(job, url).location or url
+            transfer.failed = None
+        else:  # pragma: no cover - every path through the loop breaks or raises
+            raise DownloadError(f"{self.model}: {item.dest}: the download did not finish")
         if item.sha256 is not None and digest != item.sha256:
             transfer.discard()
             raise _CorruptTransfer(
@@ -552,46 +682,57 @@ class FetchEngine:
         transfer.state_path.unlink(missing_ok=True)
         return transfer.part, digest, size
 
-    def _run_transfer(self, job: _Job, transfer: _Transfer, url: str, headers: dict[str, str]) -> str:
+    def _run_transfer(self, job: _Job, transfer: _Transfer, url: str, headers: dict[str, str], same_origin: bool) -> str:
         """Download every segment (in parallel) while a follower hashes the contiguous prefix."""
         fd = os.open(transfer.part, os.O_RDWR)
         try:
-            digest = hashlib.sha256()
+            transfer.digest, transfer.hashed = hashlib.sha256(), 0
             hashed = threading.Event()
 
             def follow() -> None:
-                position = 0
-                while position < transfer.size:
+                """Hash whatever the writers could not hash in order (out-of-order ranges, a
+                resumed file's existing bytes), reading it back from the page cache."""
+                while True:
                     with transfer.lock:
-                        while transfer.frontier() <= position and transfer.failed is None:
-                            transfer.lock.wait(1.0)
+                        while transfer.frontier() <= transfer.hashed < transfer.size and transfer.failed is None:
+                            transfer.lock.wait(0.5)
                         if transfer.failed is not None:
                             return
                         end = transfer.frontier()
-                    while position < end:  # bytes just written: read back from the page cache
-                        chunk = os.pread(fd, min(_CHUNK, end - position), position)
-                        digest.update(chunk)
-                        position += len(chunk)
-                hashed.set()
+                    with transfer.hash_lock:
+                        while transfer.hashed < end:
+                            chunk = os.pread(fd, min(_CHUNK, end - transfer.hashed), transfer.hashed)
+                            transfer.digest.update(chunk)
+                            transfer.hashed += len(chunk)
+                        if transfer.hashed >= transfer.size:
+                            hashed.set()
+                            return
 
-            def segment_worker(segment: _Segment) -> None:
-                try:
-                    self._run_segment(job, transfer, segment, fd, url, headers)
-                except BaseException as exc:
-                    with transfer.lock:  # stop the other ranges and the hasher at once
-                        transfer.failed = transfer.failed or exc
-                        transfer.lock.notify_all()
-                    raise
+            pending = collections.deque(s for s in transfer.segments if not s.complete)
+
+            def worker() -> None:
+                while True:
+                    with transfer.lock:
+                        if transfer.failed is not None or not pending:
+                            return
+                        segment = pending.popleft()
+                    try:
+                        self._run_segment(job, transfer, segment, fd, url, headers, same_origin)
+                    except BaseException as exc:
+                        with transfer.lock:  # stop the other ranges and the hasher at once
+                            transfer.failed = transfer.failed or exc
+                            transfer.lock.notify_all()
+                        raise
 
             hasher = threading.Thread(target=follow, name="sha256-follower", daemon=True)
             hasher.start()
-            pending = [s for s in transfer.segments if not s.complete]
             try:
-                if len(pending) == 1:
-                    segment_worker(pending[0])
-                elif pending:
-                    with ThreadPoolExecutor(max_workers=len(pending), thread_name_prefix="range") as pool:
-                        futures = [pool.submit(segment_worker, s) for s in pending]
+                workers = min(self.config.parts, len(pending))
+                if workers <= 1:
+                    worker()
+                else:
+                    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="range") as pool:
+                        futures = [pool.submit(worker) for _ in range(workers)]
                     for future in futures:
                         future.result()
             finally:
@@ -600,45 +741,46 @@ class FetchEngine:
             if not hashed.is_set():
                 raise DownloadError(f"{self.model}: hashing {job.item.dest} did not finish")
             os.fsync(fd)
-            return digest.hexdigest()
+            return transfer.digest.hexdigest()
         finally:
             os.close(fd)
 
     def _run_segment(self, job: _Job, transfer: _Transfer, segment: _Segment, fd: int, url: str,
-                     headers: dict[str, str]) -> None:
-        import httpx2
-        from huggingface_hub.utils import get_session, hf_raise_for_status
-
-        timeout = httpx2.Timeout(self.config.read_timeout, connect=self.config.connect_timeout)
-        session = get_session()
+                     headers: dict[str, str], same_origin: bool) -> None:
         failures = 0
         while not segment.complete and transfer.failed is None:
-            offset = segment.start + segment.done
             before = segment.done
-            request_headers = {**headers, "Range": f"bytes={offset}-{segment.start + segment.length - 1}"}
+            request_headers = {**headers, "Range": f"bytes={segment.start + segment.done}-{segment.start + segment.length - 1}"}
+            if len(transfer.segments) == 1 and segment.done == 0:
+                request_headers.pop("Range")  # one whole-file stream: plain GET, any server can answer it
+
+            def on_bytes(chunk: memoryview) -> bool:
+                if transfer.failed is not None:
+                    return False
+                chunk = chunk[: segment.length - segment.done]
+                offset = segment.start + segment.done
+                self._write(fd, chunk, offset)
+                with transfer.lock:
+                    segment.done += len(chunk)
+                transfer.hash_in_order(offset, chunk)
+                with transfer.lock:
+                    transfer.lock.notify_all()
+                self._advance(job, len(chunk))
+                transfer.save()
+                return not segment.complete
+
             try:
-                with session.stream("GET", url, headers=request_headers, timeout=timeout, follow_redirects=True) as response:
-                    if response.status_code in _RETRY_STATUS:
-                        raise _Retryable(f"HTTP {response.status_code}", _retry_after(response.headers.get("Retry-After")))
-                    if response.status_code >= 400:
-                        response.read()
-                        hf_raise_for_status(response)
-                    if response.status_code == 200 and (offset > 0 or len(transfer.segments) > 1):
-                        raise _NoRanges()
-                    for chunk in response.iter_bytes(1024 * 1024):
-                        if transfer.failed is not None:
-                            return
-                        chunk = chunk[: segment.length - segment.done]
-                        self._write(fd, chunk, segment.start + segment.done)
-                        with transfer.lock:
-                            segment.done += len(chunk)
-                            transfer.lock.notify_all()
-                        self._advance(job, len(chunk))
-                        transfer.save()
-                        if segment.complete:
-                            break
+                self._client.get(url, request_headers, on_bytes)
+                if transfer.failed is not None:
+                    return
                 if not segment.complete:
                     raise _Retryable(f"connection closed after {segment.done - before} bytes")
+            except _HttpStatus as exc:
+                if not same_origin and exc.status in (401, 403, 404, 410):
+                    raise _Expired(str(exc)) from None  # a signed CDN URL that lapsed
+                raise DownloadError(
+                    f"{self.model}: {job.item.path} from {job.item.where} via {job.mirror.name}: {exc}"
+                ) from None
             except Exception as exc:  # noqa: BLE001 - sorted into retry or raise just below
                 retry = self._classify(exc)
                 if retry is None:

@@ -133,6 +133,17 @@ class HubState:
     faults: list[Fault] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     cdn_url: str | None = None
+    link_rate: int | None = None  # bytes per second shared by every response: an emulated link
+    link_clock: float = 0.0
+
+    def reserve_link(self, n: int) -> float:
+        """Seconds to wait before sending n more bytes over the emulated link."""
+        if not self.link_rate:
+            return 0.0
+        with self.lock:
+            now = time.monotonic()
+            self.link_clock = max(self.link_clock, now) + n / self.link_rate
+            return self.link_clock - now - n / self.link_rate
 
     def take_fault(self, origin: str, method: str, path: str) -> Fault | None:
         with self.lock:
@@ -372,6 +383,9 @@ class _Handler(BaseHTTPRequestHandler):
                         raise _Dropped()
                 if kind == "trickle":
                     time.sleep(len(data) / fault.rate)  # pace first: the last byte is not followed by a sleep
+                wait = self.state.reserve_link(len(data))
+                if wait > 0:
+                    time.sleep(wait)
                 self.wfile.write(data)
                 logged.sent += len(data)
 
@@ -386,9 +400,10 @@ def _server(state: HubState, origin: str, host: str, port: int) -> ThreadingHTTP
 class LocalHub:
     """A loopback Hub (and, with cdn=True, its CDN). Use as a context manager, or start()/stop()."""
 
-    def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0, cdn: bool = False) -> None:
+    def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0, cdn: bool = False,
+                 link_rate: int | None = None) -> None:
         self.root = Path(root)
-        self.state = HubState()
+        self.state = HubState(link_rate=link_rate)
         self._servers = [_server(self.state, "hub", host, port)]
         if cdn:
             self._servers.append(_server(self.state, "cdn", host, 0))

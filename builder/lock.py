@@ -95,7 +95,10 @@ class _Hub:
         return self._each_mirror(f"cannot list {source.repo_id}@{commit[:12]}", call)  # type: ignore[return-value]
 
 
-def _wanted(source: Source, tree: dict[str, object]) -> list[str]:
+def _wanted(source: Source, tree: dict[str, object], origin: str) -> list[str]:
+    for pattern in source.include:
+        if not any(fnmatch.fnmatchcase(path, pattern) for path in tree):
+            raise ManifestError(f"{origin}: include pattern {pattern!r} matches no file in {source.repo_id}: fix or remove it")
     paths = [a.path for a in source.artifacts]
     for path in sorted(tree):
         if path in paths:
@@ -118,7 +121,7 @@ def resolve(manifest: Manifest, config: FetchConfig, token: str | None, log: Cal
             commit = hub.commit(source, ref) if ref else source.revision
             tree = hub.tree(source, commit)
             files = []
-            for path in _wanted(source, tree):
+            for path in _wanted(source, tree, manifest.name):
                 entry = tree.get(path)
                 if entry is None:
                     raise ManifestError(f"{manifest.name}: {path} is not in {source.repo_id}@{commit[:12]}: fix the artifact's path")

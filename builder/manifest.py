@@ -14,6 +14,7 @@ a test fails when the two drift.
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import hashlib
 import json
 import re
@@ -181,9 +182,14 @@ class Source(_Strict):
             raise ValueError("list artifacts, or include patterns for `builder lock` to expand")
         return self
 
+    def unexpanded(self) -> list[str]:
+        """Include patterns that no listed artifact matches: `builder lock` has not expanded them."""
+        return [p for p in self.include if not any(fnmatch.fnmatchcase(a.path, p) for a in self.artifacts)]
+
     @property
     def locked(self) -> bool:
-        return bool(HEX40.fullmatch(self.revision)) and bool(self.artifacts) and all(a.locked for a in self.artifacts)
+        return (bool(HEX40.fullmatch(self.revision)) and bool(self.artifacts)
+                and all(a.locked for a in self.artifacts) and not self.unexpanded())
 
     def destination(self, artifact: Artifact) -> str:
         return str(PurePosixPath(self.target, artifact.path)) if self.target else artifact.path
@@ -244,22 +250,29 @@ class TextExpectation(_Strict):
     min_chars: int = Field(default=1, ge=1, description="Fewest characters a real answer has.")
 
 
-Scalar = Union[bool, int, float, str]
+class EmbeddingExpectation(_Strict):
+    kind: Literal["embedding"] = Field(description="The output is one vector per input.")
+    dim: int | None = Field(default=None, ge=1, description="Expected vector length, when known.")
+
+
+Scalar = Union[bool, int, float, str, tuple[str, ...]]
+_SCALAR_BRANCHES = {"bool", "int", "float", "str", "tuple[str, ...]"}
 
 
 class SmokeTest(_Strict):
     """The inference run inside the built image that gates the push."""
 
-    inputs: dict[str, Scalar] = Field(description="Request fields for the predict route (prompt, steps, seed...).")
+    inputs: dict[str, Scalar] = Field(description="Request fields for the predict route (prompt, steps, seed; inputs for embeddings).")
     max_seconds: float = Field(gt=0, description="Most seconds the inference may take.")
     load_timeout_seconds: float = Field(default=600, gt=0, description="Most seconds loading the model may take.")
-    expect: Annotated[Union[ImageExpectation, TextExpectation], Field(discriminator="kind")] = Field(
+    expect: Annotated[Union[ImageExpectation, TextExpectation, EmbeddingExpectation], Field(discriminator="kind")] = Field(
         description="What a real output looks like."
     )
 
 
 Task = Literal["text-to-image", "image-to-image", "text-generation", "feature-extraction", "text-to-speech", "lip-sync"]
-_OUTPUT_OF_TASK = {"text-to-image": "image", "image-to-image": "image", "text-generation": "text"}
+_OUTPUT_OF_TASK = {"text-to-image": "image", "image-to-image": "image", "text-generation": "text",
+                   "feature-extraction": "embedding"}
 _LOADER_OF_PROFILE = {"hf-diffusers-standard": "diffusers", "hf-transformers-standard": "transformers", "custom-local": "custom"}
 
 
@@ -313,8 +326,7 @@ class Manifest(_Strict):
         for i, source in enumerate(self.sources):
             if not HEX40.fullmatch(source.revision):
                 items.append(f"sources[{i}].revision {source.revision!r}")
-            if not source.artifacts:
-                items.append(f"sources[{i}].include {', '.join(source.include)} (not expanded)")
+            items.extend(f"sources[{i}].include {pattern!r} (matches no artifact yet)" for pattern in source.unexpanded())
             items.extend(f"{source.destination(a)}" for a in source.artifacts if not a.locked)
         return items
 
@@ -356,7 +368,7 @@ def _loc_text(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in ("image", "text") and text.endswith("expect"):
+        elif part in ("image", "text", "embedding") and text.endswith("expect"):
             continue  # the discriminator's branch name is noise to the user
         else:
             text += ("." if text else "") + str(part)
@@ -417,8 +429,15 @@ def parse_manifest(text: str, origin: str = "<manifest>", expected_name: str | N
             if not (e["type"] == "too_short" and any(o is not e and tuple(o["loc"])[: len(e["loc"])] == tuple(e["loc"]) for o in errors))
         ]
         problems = []
+        seen_scalars: set[tuple] = set()
         for error in errors:
             loc = tuple(error["loc"])
+            if loc and loc[-1] in _SCALAR_BRANCHES:  # one line for a union of scalars, not one per branch
+                loc = loc[:-1]
+                if loc in seen_scalars:
+                    continue
+                seen_scalars.add(loc)
+                error = {**error, "type": "scalar", "msg": "expected a string, number, boolean or list of strings"}
             line = _line_of(root, loc)
             problems.append(f"{origin}{f':{line}' if line else ''}: {_loc_text(loc)}: {_message(error)}")
         raise ManifestError.with_problems(problems) from None

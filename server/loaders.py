@@ -1,4 +1,11 @@
-"""Loading the model baked into the image, by the manifest's entrypoint, and running it."""
+"""Loading the model baked into the image, by the manifest's entrypoint, and running it.
+
+Profiles map to loaders: hf-diffusers-standard -> the diffusers pipeline class the manifest
+names; hf-transformers-standard -> the transformers Auto class it names (text generation or
+embeddings, by task); custom-local -> `module:function` in server code, called with
+(spec, model_dir, device) and returning a Predictor. Every loader runs after the check that
+each manifest file is present with its size.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +27,22 @@ class LoadError(Exception):
 
 @dataclass(frozen=True)
 class ImageOutput:
-    pixels: np.ndarray  # H x W x C, float32 in [0, 1]
+    pixels: np.ndarray  # H x W x C, float32 in [0, 1], before any PNG rounding can hide a NaN
     seed: int
+    inference_seconds: float
+
+
+@dataclass(frozen=True)
+class TextOutput:
+    text: str
+    tokens: int
+    seed: int
+    inference_seconds: float
+
+
+@dataclass(frozen=True)
+class EmbeddingOutput:
+    vectors: np.ndarray  # N x D float32
     inference_seconds: float
 
 
@@ -63,12 +84,15 @@ def torch_dtype(name: str, device: str):
     return getattr(torch, name)
 
 
+def _seed(value: int | None) -> int:
+    return value if value is not None else random.randrange(2**31)
+
+
 class DiffusersTextToImage:
-    """A diffusers text-to-image pipeline (StableDiffusion, Flux, ...), named by class."""
+    """A diffusers text-to-image pipeline (StableDiffusion, Flux, Z-Image...), named by class."""
 
     def __init__(self, spec: ModelSpec, model_dir: Path, device: str) -> None:
         import diffusers
-        import torch
 
         pipeline_class = getattr(diffusers, spec.class_name or "", None)
         if pipeline_class is None:
@@ -83,22 +107,94 @@ class DiffusersTextToImage:
     def predict(self, request: Any) -> ImageOutput:
         import torch
 
-        seed = request.seed if request.seed is not None else random.randrange(2**31)
+        seed = _seed(request.seed)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         started = time.perf_counter()
+        kwargs: dict[str, Any] = dict(
+            prompt=request.prompt,
+            width=request.width,
+            height=request.height,
+            num_inference_steps=request.num_inference_steps,
+            guidance_scale=request.guidance_scale,
+            generator=generator,
+            output_type="np",
+        )
+        if request.negative_prompt is not None:
+            kwargs["negative_prompt"] = request.negative_prompt
         with torch.inference_mode():
-            result = self.pipe(
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt,
-                width=request.width,
-                height=request.height,
-                num_inference_steps=request.num_inference_steps,
-                guidance_scale=request.guidance_scale,
-                generator=generator,
-                output_type="np",
-            )
+            result = self.pipe(**kwargs)
         pixels = np.asarray(result.images[0], dtype=np.float32)
         return ImageOutput(pixels, seed, time.perf_counter() - started)
+
+
+class TransformersTextGeneration:
+    """A causal language model and its tokenizer (class_name: AutoModelForCausalLM or a concrete class)."""
+
+    def __init__(self, spec: ModelSpec, model_dir: Path, device: str) -> None:
+        import transformers
+
+        model_class = getattr(transformers, spec.class_name or "", None)
+        if model_class is None:
+            raise LoadError(f"transformers {transformers.__version__} has no class {spec.class_name}")
+        dtype = torch_dtype(spec.dtype, device)
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        self.model = model_class.from_pretrained(model_dir, dtype=dtype, local_files_only=True).to(device).eval()
+        self.device = device
+        self.dtype = str(dtype).removeprefix("torch.")
+
+    def predict(self, request: Any) -> TextOutput:
+        import torch
+
+        seed = _seed(request.seed)
+        torch.manual_seed(seed)
+        started = time.perf_counter()
+        inputs = self.tokenizer(request.prompt, return_tensors="pt").to(self.device)
+        sampling = request.temperature > 0
+        options: dict[str, Any] = {"max_new_tokens": request.max_new_tokens, "do_sample": sampling}
+        if sampling:
+            options.update(temperature=request.temperature, top_p=request.top_p)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **options, pad_token_id=pad)
+        new_tokens = out[0, inputs["input_ids"].shape[1]:]
+        text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
+        return TextOutput(text, int(new_tokens.shape[0]), seed, time.perf_counter() - started)
+
+
+class TransformersEmbedding:
+    """An encoder whose mean-pooled last hidden state is the embedding (class_name: AutoModel...)."""
+
+    def __init__(self, spec: ModelSpec, model_dir: Path, device: str) -> None:
+        import transformers
+
+        model_class = getattr(transformers, spec.class_name or "", None)
+        if model_class is None:
+            raise LoadError(f"transformers {transformers.__version__} has no class {spec.class_name}")
+        dtype = torch_dtype(spec.dtype, device)
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        self.model = model_class.from_pretrained(model_dir, dtype=dtype, local_files_only=True).to(device).eval()
+        self.device = device
+        self.dtype = str(dtype).removeprefix("torch.")
+
+    def predict(self, request: Any) -> EmbeddingOutput:
+        import torch
+
+        started = time.perf_counter()
+        batch = self.tokenizer(request.inputs, padding=True, truncation=True, return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            hidden = self.model(**batch).last_hidden_state.float()
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        vectors = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        if request.normalize:
+            vectors = torch.nn.functional.normalize(vectors, dim=-1)
+        return EmbeddingOutput(vectors.cpu().numpy(), time.perf_counter() - started)
+
+
+_LOADERS = {
+    ("diffusers", "text-to-image"): DiffusersTextToImage,
+    ("transformers", "text-generation"): TransformersTextGeneration,
+    ("transformers", "feature-extraction"): TransformersEmbedding,
+}
 
 
 def _quiet_progress_bars() -> None:
@@ -121,6 +217,7 @@ def load_predictor(spec: ModelSpec, model_dir: Path, device_preference: str = "a
         except (ImportError, AttributeError) as exc:
             raise LoadError(f"custom loader {spec.function} not found: {exc}") from None
         return factory(spec, model_dir, device)
-    if spec.loader == "diffusers" and spec.task == "text-to-image":
-        return DiffusersTextToImage(spec, model_dir, device)
-    raise LoadError(f"no loader for {spec.loader} models of task {spec.task} in this server version")
+    loader = _LOADERS.get((spec.loader, spec.task))
+    if loader is None:
+        raise LoadError(f"no loader for {spec.loader} models of task {spec.task} in this server version")
+    return loader(spec, model_dir, device)

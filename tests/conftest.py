@@ -59,18 +59,27 @@ def demo_manifest_data() -> dict:
 
 
 @pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo's tiny pipeline, made once per session (a few seconds)."""
-    from tests.fixtures.tiny_models import make_tiny_sd
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every tiny random-weight model (the demo's and the stand-ins'), made once per session."""
+    from tests.fixtures.tiny_models import MAKERS
 
-    return make_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "repo")
+    root = tmp_path_factory.mktemp("tiny")
+    return {name: make(root / name) for name, make in MAKERS.items()}
 
 
 @pytest.fixture(scope="session")
-def hub(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path) -> Iterator[LocalHub]:
-    """A loopback Hub serving the tiny pipeline as the demo manifest names it."""
+def tiny_sd(tiny_models: dict[str, Path]) -> Path:
+    return tiny_models["tiny-sd"]
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]) -> Iterator[LocalHub]:
+    """A loopback Hub serving every tiny model under the repository id its manifest names."""
     with LocalHub(tmp_path_factory.mktemp("hub")) as local_hub:
-        local_hub.publish(DEMO_REPO, tiny_sd)
+        local_hub.publish(DEMO_REPO, tiny_models["tiny-sd"])
+        for name, directory in tiny_models.items():
+            if name != "tiny-sd":
+                local_hub.publish(f"builder-demo/{name}", directory)
         yield local_hub
 
 

@@ -20,7 +20,7 @@ license: {name: Apache License 2.0, spdx: Apache-2.0, commercial_use: true}
 sources:
   - repo_id: {repo}
     revision: main  # follows main until locked
-    include: ["*.json", "*.txt"]
+    include: ["*.json"]
     exclude: ["tokenizer/*"]
     artifacts:
       - {path: unet/diffusion_pytorch_model.safetensors}  # LFS: hash from the Hub's metadata
@@ -86,7 +86,7 @@ def test_check_fails_when_the_followed_branch_moved(tmp_path, hub: LocalHub, iso
     repo = tmp_path / "moving"
     repo.mkdir()
     (repo / "README.md").write_text("first\n")
-    (repo / "notes.txt").write_text("notes\n")
+    (repo / "config.json").write_text("{}\n")
     first = hub.publish("builder-test/moving", repo)
     root = project_with(tmp_path, UNLOCKED.replace("{repo}", "builder-test/moving").replace(
         "      - {path: unet/diffusion_pytorch_model.safetensors}  # LFS: hash from the Hub's metadata\n", ""))
@@ -107,6 +107,14 @@ def test_an_unapproved_hf_endpoint_is_refused(tmp_path, isolated_env) -> None:
     result = lock(root, {**isolated_env, "HF_ENDPOINT": "https://hf-mirror.com"})
     assert result.returncode == 2
     assert "HF_ENDPOINT https://hf-mirror.com is not an approved mirror" in result.stderr.strip().splitlines()[-1]
+
+
+def test_an_include_pattern_matching_nothing_is_one_line(tmp_path, isolated_env) -> None:
+    root = project_with(tmp_path, UNLOCKED.replace("{repo}", "builder-demo/tiny-sd").replace('["*.json"]', '["*.json", "*.bin"]'))
+    result = lock(root, isolated_env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: demo: include pattern '*.bin' matches no file in builder-demo/tiny-sd: fix or remove it")
 
 
 def test_a_listed_file_missing_from_the_repo_is_one_line(tmp_path, isolated_env) -> None:

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,19 +31,19 @@ def write_manifest_json(tmp_path: Path, data: dict) -> Path:
     return path
 
 
-def server_env(manifest_json: Path, model_dir: Path, port: int | None = None) -> dict[str, str]:
+def server_env(manifest_json: Path, model_dir: Path, port: int | None = None, **extra: str) -> dict[str, str]:
     env = {**os.environ, "BUILDER_MANIFEST": str(manifest_json), "BUILDER_MODEL_DIR": str(model_dir),
-           "HF_HUB_OFFLINE": "1", "BUILDER_DEVICE": "cpu", "PYTHONPATH": str(ROOT)}
+           "HF_HUB_OFFLINE": "1", "BUILDER_DEVICE": "cpu", "PYTHONPATH": str(ROOT), **extra}
     if port is not None:
         env.update(PORT=str(port), HOST="127.0.0.1")
     return env
 
 
 @contextmanager
-def serve(manifest_json: Path, model_dir: Path, wait_ready: bool = True) -> Iterator[str]:
+def serve(manifest_json: Path, model_dir: Path, wait_ready: bool = True, **extra: str) -> Iterator[str]:
     port = free_port()
     log = tempfile.TemporaryFile()  # a file, not a pipe: nobody reads while it runs, so it must not fill up
-    proc = subprocess.Popen([sys.executable, "-m", "server"], env=server_env(manifest_json, model_dir, port),
+    proc = subprocess.Popen([sys.executable, "-m", "server"], env=server_env(manifest_json, model_dir, port, **extra),
                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
 
@@ -56,6 +57,7 @@ def serve(manifest_json: Path, model_dir: Path, wait_ready: bool = True) -> Iter
         wait_for(lambda: requests.get(f"{url}/health", timeout=1).status_code == 200, 60, "server start", exited)
         if wait_ready:
             wait_for(lambda: requests.get(f"{url}/ready", timeout=2).json()["status"] != "loading", 60, "model load")
+        serve.process = proc  # type: ignore[attr-defined]  # for the shutdown test
         yield url
     finally:
         proc.terminate()
@@ -108,7 +110,7 @@ def test_the_same_seed_gives_the_same_image(demo_server: str) -> None:
     assert first == second != third
 
 
-@pytest.mark.parametrize(("body", "field"), [({"width": 65}, "width"), ({"prompt": ""}, "prompt"),
+@pytest.mark.parametrize(("body", "field"), [({"width": 72}, "width"), ({"prompt": ""}, "prompt"),
                                             ({"num_inference_steps": 0}, "num_inference_steps"), ({"color": 1}, "color")])
 def test_bad_input_is_422_naming_the_field(demo_server: str, body: dict, field: str) -> None:
     response = _predict(demo_server, **body)
@@ -178,3 +180,96 @@ def test_smoke_fails_when_the_output_size_is_not_the_expected_one(tmp_path: Path
     data["smoke_test"]["expect"] = {"kind": "image", "width": 128, "height": 64}
     code, result = run_smoke(write_manifest_json(tmp_path, data), tiny_sd)
     assert code == 1 and result["reason"] == "image is 64x64, expected 128x64"
+
+
+# -- the transformers profile --------------------------------------------------------------
+def _manifest(name: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "manifests" / f"{name}.yaml").read_text())
+
+
+def test_text_generation_over_http(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    with serve(write_manifest_json(tmp_path, _manifest("tiny-qwen3")), tiny_models["tiny-qwen3"]) as url:
+        body = {"prompt": "the cat sat on the", "max_new_tokens": 6, "temperature": 0.9, "seed": 5}
+        first = requests.post(f"{url}/v1/predict", json=body, timeout=60)
+        assert first.status_code == 200, first.text
+        result = first.json()
+        assert isinstance(result["text"], str) and 1 <= result["tokens"] <= 6 and result["seed"] == 5
+        assert requests.post(f"{url}/v1/predict", json=body, timeout=60).json()["text"] == result["text"]
+        bad = requests.post(f"{url}/v1/predict", json={"prompt": "x", "max_new_tokens": 0}, timeout=10)
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "max_new_tokens"
+        spec = requests.get(f"{url}/openapi.json", timeout=10).json()
+        assert "max_new_tokens" in json.dumps(spec["components"]["schemas"]["TextGenerationRequest"])
+
+
+def test_embeddings_over_http(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    import numpy as np
+
+    with serve(write_manifest_json(tmp_path, _manifest("tiny-bert")), tiny_models["tiny-bert"]) as url:
+        response = requests.post(f"{url}/v1/predict", json={"inputs": ["the cat", "a dog on the mat"]}, timeout=60)
+        assert response.status_code == 200, response.text
+        vectors = np.array(response.json()["embeddings"])
+        assert vectors.shape == (2, 32) == (2, response.json()["dim"])
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+        assert not np.allclose(vectors[0], vectors[1])
+        empty = requests.post(f"{url}/v1/predict", json={"inputs": ["  "]}, timeout=10)
+        assert empty.status_code == 422
+
+
+# -- load: the queue, timeouts, metrics, shutdown ------------------------------------------
+def _slow_server(tmp_path: Path, tiny_sd: Path, demo_manifest_data: dict, **extra: str):
+    return serve(write_manifest_json(tmp_path, _custom(demo_manifest_data, "tests.fixtures.rigged:slow")), tiny_sd, **extra)
+
+
+def test_beyond_the_queue_is_429_with_retry_after(tmp_path: Path, tiny_sd: Path, demo_manifest_data) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _slow_server(tmp_path, tiny_sd, demo_manifest_data, BUILDER_MAX_QUEUE="1") as url:
+        def call(delay: float):
+            time.sleep(delay)
+            return _predict(url, seed=1)
+
+        with ThreadPoolExecutor(3) as pool:
+            responses = list(pool.map(call, [0.0, 0.3, 0.6]))  # one runs, one waits, one is turned away
+        assert [r.status_code for r in responses] == [200, 200, 429]
+        assert int(responses[2].headers["Retry-After"]) >= 1
+        assert responses[1].json()["timings"]["queue_seconds"] > 1.0  # it really waited its turn
+
+
+def test_a_request_past_its_timeout_is_504_and_the_model_stays_busy_until_done(tmp_path: Path, tiny_sd: Path,
+                                                                               demo_manifest_data) -> None:
+    with _slow_server(tmp_path, tiny_sd, demo_manifest_data, BUILDER_REQUEST_TIMEOUT="1") as url:
+        late = _predict(url)
+        assert late.status_code == 504 and "longer than 1s" in late.json()["detail"]
+        # The rigged inference still runs for ~2 s more: the next request must wait for it, then
+        # fail its own 1 s budget too, never run two inferences at once.
+        assert _predict(url).status_code == 504
+
+
+def test_metrics_count_requests_latency_and_load(demo_server: str) -> None:
+    _predict(demo_server, seed=1)
+    requests.post(f"{demo_server}/v1/predict", json={"prompt": ""}, timeout=10)
+    text = requests.get(f"{demo_server}/metrics", timeout=10).text
+    assert 'builder_requests_total{route="/v1/predict",status="200"}' in text
+    assert 'builder_requests_total{route="/v1/predict",status="422"}' in text
+    assert "builder_request_seconds_bucket" in text and "builder_inference_seconds_count" in text
+    assert "builder_model_ready 1.0" in text
+    load = next(line for line in text.splitlines() if line.startswith("builder_model_load_seconds "))
+    assert float(load.split()[1]) > 0
+
+
+def test_sigterm_lets_the_running_inference_finish(tmp_path: Path, tiny_sd: Path, demo_manifest_data) -> None:
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _slow_server(tmp_path, tiny_sd, demo_manifest_data) as url:
+        process = serve.process  # type: ignore[attr-defined]
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(_predict, url)
+            time.sleep(1.0)
+            process.send_signal(signal.SIGTERM)
+            response = pending.result(timeout=30)
+        assert response.status_code == 200
+        # uvicorn shuts down gracefully, then re-raises the signal: exit by SIGTERM (143 in a container)
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)

@@ -1,35 +1,38 @@
-"""The demo model is made locally and must match what manifests/demo.yaml pins, byte for byte.
+"""The tiny models are made locally and must match what their manifests pin, byte for byte.
 
 When a package upgrade changes the generated files, this fails first (before a build does):
-regenerate with `python -m tests.fixtures.tiny_models tiny-sd DIR`, and update the manifest's
-hashes, sizes and revision (the loopback Hub's commit id for those files)."""
+regenerate with `python -m tests.fixtures.tiny_models NAME DIR REPO_ID`, which prints the
+revision and artifact lines to paste into the manifest, and review the diff."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
 
-from builder.manifest import Manifest
+import pytest
+
+from builder.manifest import load_manifest
 from tests.localhub import scan_repo
 
+ROOT = Path(__file__).resolve().parent.parent
+MANIFEST_OF = {"tiny-sd": "demo", "tiny-flux": "tiny-flux", "tiny-z-image": "tiny-z-image",
+               "tiny-qwen3": "tiny-qwen3", "tiny-bert": "tiny-bert"}
 
-def test_generated_files_match_the_demo_manifest(tiny_sd: Path, demo_manifest_data: dict) -> None:
-    manifest = Manifest.model_validate(demo_manifest_data)
-    source = manifest.sources[0]
+
+@pytest.mark.parametrize("model", sorted(MANIFEST_OF))
+def test_generated_files_match_the_manifest(model: str, tiny_models: dict[str, Path]) -> None:
+    directory = tiny_models[model]
+    source = load_manifest(ROOT / "manifests" / f"{MANIFEST_OF[model]}.yaml").sources[0]
     expected = {a.path: (a.sha256, a.size) for a in source.artifacts}
     actual = {
-        p.relative_to(tiny_sd).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size)
-        for p in tiny_sd.rglob("*") if p.is_file()
+        p.relative_to(directory).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size)
+        for p in directory.rglob("*") if p.is_file()
     }
     assert actual == expected
+    assert scan_repo(source.repo_id, directory).commit == source.revision  # what the loopback Hub serves
 
 
-def test_the_loopback_hub_serves_them_at_the_pinned_revision(tiny_sd: Path, demo_manifest_data: dict) -> None:
-    source = demo_manifest_data["sources"][0]
-    assert scan_repo(source["repo_id"], tiny_sd).commit == source["revision"]
-
-
-def test_the_pipeline_loads_and_draws_with_the_real_diffusers(tiny_sd: Path) -> None:
+def test_the_demo_pipeline_loads_and_draws_with_the_real_diffusers(tiny_sd: Path) -> None:
     import numpy as np
     import torch
     from diffusers import StableDiffusionPipeline

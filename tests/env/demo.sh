@@ -10,7 +10,9 @@ cd "$root"
 
 state="$root/.cache/demo"
 HUB_PORT=${HUB_PORT:-8960}
-REGISTRY=${REGISTRY:-127.0.0.1:5000}
+# A namespace per run: versions are immutable, so a second `make demo` after a code change would
+# (rightly) be refused under the same tag. The registry stores the shared layers once.
+REGISTRY=${REGISTRY:-127.0.0.1:5000/run-$(date -u +%Y%m%d-%H%M%S)}
 PY="$root/.venv/bin/python"
 mkdir -p "$state"
 

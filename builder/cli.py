@@ -362,6 +362,177 @@ def cache_verify(ctx: click.Context, image: str | None) -> None:
         raise _Error(f"{len(bad)} cached blobs were corrupt and have been removed: check the disk of the build host")
 
 
+def _registry_client(registry: str | None):
+    from builder.errors import InputError
+    from builder.registry import RegistryClient, RegistryRef
+
+    if not registry:
+        raise InputError("no registry: pass --registry HOST[:PORT][/NAMESPACE] or set BUILDER_REGISTRY")
+    return RegistryClient(RegistryRef.parse(registry))
+
+
+_registry_option = click.option("--registry", envvar="BUILDER_REGISTRY",
+                                help="HOST[:PORT][/NAMESPACE] holding the images ($BUILDER_REGISTRY).")
+
+
+def _when(timestamp: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the events as JSON.")
+@click.pass_context
+def history(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Builds, smoke results, pushes, promotions and deployments of a model, from the ledger."""
+    from rich.table import Table
+
+    services = _services(ctx, _project(ctx))
+    events = services.ledger.history(name)
+    if as_json:
+        click.echo(json.dumps(events, indent=2))
+        return
+    if not events:
+        click.echo(f"no history for {name} in {services.ledger.path}")
+        return
+    table = Table("when (UTC)", "event", "version", "outcome", "digest", "detail")
+    for e in events:
+        digest = (e.get("digest") or e.get("image_id") or "")[:19]
+        if e["event"] == "build":
+            smoke = e.get("smoke")
+            outcome = e["status"]
+            detail = e.get("error") or (f"smoke {'passed' if smoke['passed'] else 'failed'} on {smoke['device']}"
+                                        if smoke else "")
+        elif e["event"] == "promote":
+            outcome, detail = f"-> {e['stage']}", f"by {e.get('actor') or '?'}"
+        else:
+            outcome, detail = e["outcome"], f"{e['target']}"
+        table.add_row(_when(e["at"]), e["event"], e.get("version") or "", outcome, digest, (detail or "")[:80])
+    Console().print(table)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("version")
+@click.option("--to", "stage", type=click.Choice(["staging", "production"]), required=True, help="The stage.")
+@_registry_option
+@click.pass_context
+def promote(ctx: click.Context, name: str, version: str, stage: str, registry: str | None) -> None:
+    """Promote NAME:VERSION to a stage; needs its passed smoke, and for production the licence approval."""
+    from builder.manifest import display_path, load_manifest
+    from builder.promote import promote as do_promote
+
+    project = _project(ctx)
+    path = project.manifest_path(name)
+    manifest = load_manifest(path)
+    services = _services(ctx, project)
+    result = do_promote(_registry_client(registry), services.ledger, manifest, display_path(path), version, stage)
+    click.echo(f"promoted {name}:{version} ({result.digest}) to {stage} (recorded as {result.history_tag})")
+
+
+def _deploy_target(target: str):
+    from builder.deploy import Target
+
+    return Target.parse(target)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("version", required=False)
+@click.option("--target", required=True, help="endpoint:ID (serverless endpoint) or template:ID.")
+@click.option("--timeout", type=float, default=900, show_default=True, help="Seconds to wait for health.")
+@click.option("--poll", type=float, default=10, show_default=True, help="Seconds between health checks.")
+@_registry_option
+@click.pass_context
+def deploy(ctx: click.Context, name: str, version: str | None, target: str, timeout: float, poll: float,
+           registry: str | None) -> None:
+    """Point a RunPod target at NAME:VERSION by digest (default: what production holds) and wait for health."""
+    from builder.deploy import RunPod, deploy as do_deploy
+    from builder.errors import DeployError
+
+    parsed = _deploy_target(target)
+    client = _registry_client(registry)
+    reference = version or "production"
+    image = client.image(name, reference)
+    if image is None:
+        raise DeployError(f"{client.ref.repository(name)}:{reference} is not in the registry"
+                          + ("" if version else ": promote a version to production, or name one"))
+    from builder.promote import version_of
+
+    version = version or version_of(client, name, image.digest)
+    ref = f"{client.ref.repository(name)}@{image.digest}"
+    services = _services(ctx, _project(ctx))
+    result = do_deploy(RunPod(), services.ledger, parsed, name, version, ref, timeout, poll,
+                       say=lambda m: err.print(f"[bold cyan]==>[/bold cyan] {m}", markup=True))
+    click.echo(f"deployed {ref} ({name} {version}) to {parsed} in {result.seconds:.0f}s; before: {result.previous_image}")
+    click.echo(f"roll back with: python -m builder rollback {name} --target {parsed}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--target", required=True, help="endpoint:ID or template:ID.")
+@click.option("--to", "to_version", help="Roll back to this version instead of the last known-good.")
+@click.option("--timeout", type=float, default=900, show_default=True)
+@click.option("--poll", type=float, default=10, show_default=True)
+@_registry_option
+@click.pass_context
+def rollback(ctx: click.Context, name: str, target: str, to_version: str | None, timeout: float, poll: float,
+             registry: str | None) -> None:
+    """Redeploy the last known-good version: the newest production promotion not running now."""
+    from builder.deploy import RunPod, deploy as do_deploy, digest_of, rollback_image
+
+    parsed = _deploy_target(target)
+    client = _registry_client(registry)
+    runpod = RunPod()
+    current = runpod.current_image(parsed)
+    image, version = rollback_image(client, name, digest_of(current), to_version)
+    services = _services(ctx, _project(ctx))
+    err.print(f"[bold cyan]==>[/bold cyan] {parsed} runs {current}; rolling back to {image} ({version})", markup=True)
+    result = do_deploy(runpod, services.ledger, parsed, name, version, image, timeout, poll,
+                       say=lambda m: err.print(f"[bold cyan]==>[/bold cyan] {m}", markup=True))
+    click.echo(f"rolled back {parsed} to {image} ({name} {version}) in {result.seconds:.0f}s")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--keep", type=int, default=5, show_default=True, help="Always keep this many newest versions.")
+@click.option("--older-than", type=float, default=30, show_default=True, metavar="DAYS",
+              help="Only versions older than this may go.")
+@click.option("--yes", is_flag=True, help="Really delete (the default is a dry run).")
+@_registry_option
+def prune(name: str, keep: int, older_than: float, yes: bool, registry: str | None) -> None:
+    """Delete old non-production version tags; never a production version or the last known-good."""
+    from builder.retention import apply_prune, plan_prune
+
+    client = _registry_client(registry)
+    plan = plan_prune(client, name, keep, older_than)
+    for version, reason in plan.keep:
+        click.echo(f"keep   {name}:{version.tag}  {version.digest[:19]}  ({reason})")
+    for version in plan.delete:
+        click.echo(f"{'delete' if yes else 'would delete'} {name}:{version.tag}  {version.digest[:19]}")
+    if yes:
+        apply_prune(client, name, plan)
+        click.echo(f"deleted {len(plan.delete)} versions")
+    else:
+        click.echo(f"dry run: {len(plan.delete)} versions would be deleted (add --yes)")
+
+
+@cli.command()
+@click.option("--base", required=True, help="Git revision to compare with (the PR base, or the previous push).")
+@click.option("--head", default="HEAD", show_default=True)
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out manifests whose name matches.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list (for a CI matrix).")
+@click.pass_context
+def changed(ctx: click.Context, base: str, head: str, exclude: tuple[str, ...], as_json: bool) -> None:
+    """The manifests a change affects: all of them when builder/, templates/ or server/ changed."""
+    from builder.changed import affected
+
+    names = affected(_project(ctx).root, base, head, exclude)
+    click.echo(json.dumps(names) if as_json else "\n".join(names))
+
+
 @cli.command()
 @click.option("--write", is_flag=True, help="Write manifests/manifest.schema.json.")
 @click.option("--check", is_flag=True, help="Exit 1 when the committed schema differs from the model.")

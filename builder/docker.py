@@ -177,6 +177,9 @@ class Docker:
     def image_labels(self, ref: str) -> dict[str, str]:
         return dict(self.client.images.get(ref).labels or {})
 
+    def diff_ids(self, ref: str) -> list[str]:
+        return list(self.client.images.get(ref).attrs.get("RootFS", {}).get("Layers", []))
+
     def run_to_completion(self, image: str, command: list[str], *, timeout: float, gpus: bool,
                           environment: Mapping[str, str] | None = None) -> tuple[int, str, str]:
         """Run a container with no network; (exit code, stdout, stderr). Removed afterwards."""

@@ -1,20 +1,24 @@
 """The build ledger: SQLite, for history and analytics (the registry is the durable truth).
 
 WAL mode and a busy timeout, so two builds on one host can write at once; schema migrations
-by PRAGMA user_version, applied in one immediate transaction. Every download attempt is a row
-(source, mirror, file, bytes, seconds, outcome, error): `builder stats` reads them to show each
-mirror's success rate and throughput, and the build prefers the best mirror from them.
+by PRAGMA user_version, applied in one immediate transaction. Rows: every download attempt
+(source, mirror, file, bytes, seconds, outcome, error; `builder stats` reads them and builds
+prefer the best mirror), every build (a `running` row first, finished as failed, built or
+pushed: a killed build never looks successful), its smoke result and push, every promotion and
+every deployment. `builder history` reads them. Nothing that rollback or promotion needs lives
+only here: a fresh CI runner recovers it from the registry and RunPod.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from builder.errors import ConfigError
 from builder.fetch import Attempt
@@ -37,6 +41,70 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX download_attempts_model ON download_attempts (model, at);
     CREATE INDEX download_attempts_mirror ON download_attempts (mirror, at);
+    """,
+    """
+    CREATE TABLE builds (
+        id TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        version TEXT NOT NULL,
+        manifest_digest TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('running', 'failed', 'built', 'pushed', 'interrupted')),
+        image_id TEXT,
+        repository TEXT,
+        digest TEXT,
+        error TEXT,
+        layers TEXT,
+        seconds TEXT,
+        builder_version TEXT NOT NULL,
+        git_commit TEXT,
+        started_at REAL NOT NULL,
+        finished_at REAL
+    );
+    CREATE INDEX builds_model ON builds (model, started_at);
+    CREATE TABLE smoke_results (
+        id INTEGER PRIMARY KEY,
+        build_id TEXT NOT NULL REFERENCES builds (id),
+        image_id TEXT NOT NULL,
+        passed INTEGER NOT NULL,
+        reason TEXT,
+        device TEXT,
+        load_seconds REAL,
+        inference_seconds REAL,
+        peak_rss_mb REAL,
+        peak_gpu_mb REAL,
+        at REAL NOT NULL
+    );
+    CREATE TABLE pushes (
+        id INTEGER PRIMARY KEY,
+        build_id TEXT NOT NULL REFERENCES builds (id),
+        repository TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        outcome TEXT NOT NULL CHECK (outcome IN ('pushed', 'already_present')),
+        at REAL NOT NULL
+    );
+    CREATE TABLE stages (
+        id INTEGER PRIMARY KEY,
+        model TEXT NOT NULL,
+        version TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        stage TEXT NOT NULL CHECK (stage IN ('staging', 'production')),
+        actor TEXT,
+        at REAL NOT NULL
+    );
+    CREATE TABLE deployments (
+        id INTEGER PRIMARY KEY,
+        model TEXT NOT NULL,
+        version TEXT,
+        digest TEXT NOT NULL,
+        target TEXT NOT NULL,
+        outcome TEXT NOT NULL CHECK (outcome IN ('healthy', 'timeout', 'failed')),
+        previous_digest TEXT,
+        detail TEXT,
+        seconds REAL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX deployments_model ON deployments (model, at);
     """,
 )
 # A mirror needs this many finished attempts before its history reorders the mirrors.
@@ -110,6 +178,94 @@ class Ledger:
                 " outcome, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
+
+    # -- builds, smoke, pushes, stages, deployments ---------------------------------------------
+    def start_build(self, build_id: str, model: str, version: str, manifest_digest: str, builder_version: str,
+                    git_commit: str | None) -> None:
+        """A row that says `running` until the build ends: a killed build stays visibly unfinished."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO builds (id, model, version, manifest_digest, status, builder_version, git_commit, started_at)"
+                " VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+                (build_id, model, version, manifest_digest, builder_version, git_commit, time.time()),
+            )
+
+    def finish_build(self, build_id: str, status: str, *, image_id: str | None = None, repository: str | None = None,
+                     digest: str | None = None, error: str | None = None, layers: list | None = None,
+                     seconds: dict | None = None) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE builds SET status = ?, image_id = ?, repository = ?, digest = ?, error = ?, layers = ?,"
+                " seconds = ?, finished_at = ? WHERE id = ?",
+                (status, image_id, repository, digest, error, json.dumps(layers) if layers is not None else None,
+                 json.dumps(seconds) if seconds is not None else None, time.time(), build_id),
+            )
+
+    def record_smoke(self, build_id: str, image_id: str, result: dict) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO smoke_results (build_id, image_id, passed, reason, device, load_seconds, inference_seconds,"
+                " peak_rss_mb, peak_gpu_mb, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (build_id, image_id, 1 if result.get("passed") else 0, result.get("reason"), result.get("device"),
+                 result.get("load_seconds"), result.get("inference_seconds"), result.get("peak_rss_mb"),
+                 result.get("peak_gpu_mb"), time.time()),
+            )
+
+    def record_push(self, build_id: str, repository: str, tag: str, digest: str, outcome: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT INTO pushes (build_id, repository, tag, digest, outcome, at) VALUES (?, ?, ?, ?, ?, ?)",
+                       (build_id, repository, tag, digest, outcome, time.time()))
+
+    def record_stage(self, model: str, version: str, digest: str, stage: str, actor: str | None) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT INTO stages (model, version, digest, stage, actor, at) VALUES (?, ?, ?, ?, ?, ?)",
+                       (model, version, digest, stage, actor, time.time()))
+
+    def record_deployment(self, model: str, version: str | None, digest: str, target: str, outcome: str,
+                          previous_digest: str | None, detail: str | None, seconds: float) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO deployments (model, version, digest, target, outcome, previous_digest, detail, seconds, at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (model, version, digest, target, outcome, previous_digest, detail, round(seconds, 2), time.time()),
+            )
+
+    def passed_smoke(self, digest_or_image: str) -> bool:
+        """Whether a smoke test passed for this image (by registry digest or local image id)."""
+        row = self._db.execute(
+            "SELECT 1 FROM smoke_results s JOIN builds b ON b.id = s.build_id"
+            " WHERE s.passed = 1 AND (s.image_id = ? OR b.digest = ?) LIMIT 1",
+            (digest_or_image, digest_or_image),
+        ).fetchone()
+        return row is not None
+
+    def history(self, model: str) -> list[dict[str, Any]]:
+        """Everything the ledger knows about one model, oldest first."""
+        events: list[dict[str, Any]] = []
+        builds = self._db.execute(
+            "SELECT b.id, b.version, b.status, b.image_id, b.digest, b.error, b.seconds, b.git_commit, b.started_at,"
+            " b.manifest_digest, s.passed, s.reason, s.device, s.inference_seconds"
+            " FROM builds b LEFT JOIN smoke_results s ON s.build_id = b.id WHERE b.model = ? ORDER BY b.started_at",
+            (model,),
+        )
+        for row in builds:
+            (build_id, version, status, image_id, digest, error, seconds, commit, at, manifest_digest,
+             passed, reason, device, inference) = row
+            events.append({"at": at, "event": "build", "version": version, "status": status, "build_id": build_id,
+                           "image_id": image_id, "digest": digest, "error": error, "git_commit": commit,
+                           "manifest_digest": manifest_digest, "seconds": json.loads(seconds) if seconds else None,
+                           "smoke": None if passed is None else {"passed": bool(passed), "reason": reason,
+                                                                  "device": device, "inference_seconds": inference}})
+        for version, digest, stage, actor, at in self._db.execute(
+                "SELECT version, digest, stage, actor, at FROM stages WHERE model = ?", (model,)):
+            events.append({"at": at, "event": "promote", "version": version, "digest": digest, "stage": stage,
+                           "actor": actor})
+        for version, digest, target, outcome, previous, detail, seconds, at in self._db.execute(
+                "SELECT version, digest, target, outcome, previous_digest, detail, seconds, at FROM deployments"
+                " WHERE model = ?", (model,)):
+            events.append({"at": at, "event": "deploy", "version": version, "digest": digest, "target": target,
+                           "outcome": outcome, "previous_digest": previous, "detail": detail, "seconds": seconds})
+        return sorted(events, key=lambda e: e["at"])
 
     def attempts(self, model: str | None = None) -> list[Attempt]:
         query = "SELECT model, repo_id, revision, path, mirror, bytes, seconds, outcome, error FROM download_attempts"

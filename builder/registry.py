@@ -9,6 +9,7 @@ GHCR, Docker Hub and ECR is followed (https://distribution.github.io/distributio
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,14 @@ MANIFEST_TYPES = ", ".join(
 )
 _HOST = re.compile(r"(?:localhost|[a-z0-9-]+(?:\.[a-z0-9-]+)+|\[[0-9a-f:]+\])(?::\d{1,5})?|[a-z0-9-]+:\d{1,5}")
 _NAMESPACE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
+
+
+SMOKE_MEDIA_TYPE = "application/vnd.builder.smoke.v1+json"
+
+
+def smoke_tag(digest: str) -> str:
+    """Where the smoke result of image `digest` is kept, beside it (cosign's `sha256-HEX.sig` naming)."""
+    return f"{digest.replace(':', '-')}.smoke"
 
 
 @dataclass(frozen=True)
@@ -84,14 +93,15 @@ class RegistryClient:
             return entry["username"], entry["password"]
         return None
 
-    def _authenticate(self, challenge: str, name: str) -> None:
+    def _authenticate(self, challenge: str, name: str, write: bool = False) -> None:
         match = re.match(r"Bearer\s+(.*)", challenge, re.IGNORECASE)
         if not match:
             return
         params = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
         if "realm" not in params:
             return
-        query = {"service": params.get("service", ""), "scope": params.get("scope", f"repository:{name}:pull")}
+        actions = "pull,push,delete" if write else "pull"
+        query = {"service": params.get("service", ""), "scope": f"repository:{name}:{actions}"}
         response = self.session.get(params["realm"], params=query, auth=self._credentials(), timeout=self.timeout)
         if response.status_code != 200:
             raise RegistryError(
@@ -100,27 +110,32 @@ class RegistryClient:
         body = response.json()
         self._token = body.get("token") or body.get("access_token")
 
-    def _get(self, url: str, name: str, headers: dict[str, str]) -> requests.Response:
-        for _ in range(2):
-            sent = dict(headers)
+    def _request(self, method: str, url: str, name: str, headers: dict[str, str] | None = None,
+                 data: bytes | None = None, write: bool = False) -> requests.Response:
+        tried_token = False
+        while True:
+            sent = dict(headers or {})
             auth = None
             if self._token:
                 sent["Authorization"] = f"Bearer {self._token}"
             else:
                 auth = self._credentials()
             try:
-                response = self.session.get(url, headers=sent, auth=auth, timeout=self.timeout)
+                response = self.session.request(method, url, headers=sent, auth=auth, data=data, timeout=self.timeout)
             except requests.RequestException as exc:
                 raise RegistryError(
                     f"cannot reach the registry at {self.ref.base_url}: {type(exc).__name__}: check that it is up "
                     f"and --registry is right"
                 ) from None
             challenge = response.headers.get("WWW-Authenticate", "")
-            if response.status_code == 401 and challenge.lower().startswith("bearer") and not self._token:
-                self._authenticate(challenge, name)
+            if response.status_code == 401 and challenge.lower().startswith("bearer") and not tried_token:
+                tried_token = True
+                self._authenticate(challenge, name, write)
                 continue
             return response
-        return response
+
+    def _get(self, url: str, name: str, headers: dict[str, str]) -> requests.Response:
+        return self._request("GET", url, name, headers)
 
     def _check(self, response: requests.Response, what: str) -> None:
         if response.status_code in (401, 403):
@@ -146,6 +161,72 @@ class RegistryClient:
         response = self._get(f"{self.ref.base_url}/v2/{path}/blobs/{image.config_digest}", path, {})
         self._check(response, f"the config of {path}:{reference}")
         return response.json()
+
+    def manifest(self, name: str, reference: str) -> tuple[bytes, str, str] | None:
+        """(raw bytes, media type, digest) of a manifest, or None if there is none."""
+        path = self.ref.path(name)
+        response = self._get(f"{self.ref.base_url}/v2/{path}/manifests/{reference}", path, {"Accept": MANIFEST_TYPES})
+        if response.status_code == 404:
+            return None
+        self._check(response, f"{path}:{reference}")
+        digest = response.headers.get("Docker-Content-Digest") or "sha256:" + hashlib.sha256(response.content).hexdigest()
+        return response.content, response.headers.get("Content-Type", ""), digest
+
+    def tag(self, name: str, digest: str, tag: str) -> None:
+        """Point tag at the image digest (the manifest is re-put under the tag: no layer moves)."""
+        found = self.manifest(name, digest)
+        if found is None:
+            raise RegistryError(f"{self.ref.repository(name)}@{digest} is not in the registry")
+        body, media_type, _ = found
+        path = self.ref.path(name)
+        response = self._request("PUT", f"{self.ref.base_url}/v2/{path}/manifests/{tag}", path,
+                                 {"Content-Type": media_type}, body, write=True)
+        if response.status_code not in (200, 201):
+            self._check(response, f"tagging {path}:{tag}")
+
+    def delete(self, name: str, digest: str) -> None:
+        """Delete a manifest by digest (every tag pointing at it goes with it)."""
+        path = self.ref.path(name)
+        response = self._request("DELETE", f"{self.ref.base_url}/v2/{path}/manifests/{digest}", path, write=True)
+        if response.status_code == 405:
+            raise RegistryError(f"{self.ref.host} does not allow deletes: enable storage.delete in its configuration")
+        if response.status_code not in (200, 202, 404):
+            self._check(response, f"deleting {path}@{digest}")
+
+    def put_document(self, name: str, tag: str, media_type: str, document: dict[str, Any]) -> str:
+        """Store a small JSON document as an OCI artifact under tag (its config blob); return its digest."""
+        path = self.ref.path(name)
+        blob = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+        blob_digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+        start = self._request("POST", f"{self.ref.base_url}/v2/{path}/blobs/uploads/", path, write=True)
+        if start.status_code != 202:
+            self._check(start, f"an upload to {path}")
+        location = start.headers["Location"]
+        if location.startswith("/"):
+            location = self.ref.base_url + location
+        joiner = "&" if "?" in location else "?"
+        put = self._request("PUT", f"{location}{joiner}digest={blob_digest}", path,
+                            {"Content-Type": "application/octet-stream"}, blob, write=True)
+        if put.status_code != 201:
+            self._check(put, f"the upload of {blob_digest} to {path}")
+        manifest = json.dumps({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": media_type, "digest": blob_digest, "size": len(blob)},
+            "layers": [],
+        }, separators=(",", ":")).encode()
+        response = self._request("PUT", f"{self.ref.base_url}/v2/{path}/manifests/{tag}", path,
+                                 {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}, manifest, write=True)
+        if response.status_code != 201:
+            self._check(response, f"storing {path}:{tag}")
+        return "sha256:" + hashlib.sha256(manifest).hexdigest()
+
+    def record_smoke(self, name: str, digest: str, document: dict[str, Any]) -> None:
+        self.put_document(name, smoke_tag(digest), SMOKE_MEDIA_TYPE, document)
+
+    def get_document(self, name: str, tag: str) -> dict[str, Any] | None:
+        """The JSON document put_document stored under tag, or None."""
+        return self.config(name, tag)
 
     def image(self, name: str, reference: str) -> RemoteImage | None:
         """The image a tag (or digest) points at in repository `name`, or None if there is none."""

@@ -177,3 +177,46 @@ def unique_name(prefix: str) -> str:
 def run_builder(args: list[str], env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "builder", *args], capture_output=True, text=True, env=env,
                           timeout=timeout, cwd=ROOT)
+
+
+def push_fake_image(registry: str, name: str, tag: str, version: str, created: str, payload: bytes = b"") -> str:
+    """Push a small but real image (one layer, a config with builder's labels) straight through the
+    registry API; return its manifest digest. For lifecycle tests that need many versions fast."""
+    import gzip
+    import hashlib
+    import io
+    import json as _json
+    import tarfile
+
+    import requests
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as archive:
+        data = payload or f"{name}:{version}".encode()
+        info = tarfile.TarInfo("payload.txt")
+        info.size, info.mtime = len(data), 0
+        archive.addfile(info, io.BytesIO(data))
+    layer = gzip.compress(raw.getvalue(), mtime=0)
+    config = _json.dumps({
+        "architecture": "amd64", "os": "linux", "created": created,
+        "config": {"Labels": {"io.builder.manifest.name": name, "io.builder.manifest.version": version}},
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()]},
+        "history": [{"created": created, "created_by": "test"}],
+    }).encode()
+    base = f"http://{registry.split('/', 1)[0]}/v2/{registry.split('/', 1)[1] + '/' if '/' in registry else ''}{name}"
+    for blob in (layer, config):
+        digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+        location = requests.post(f"{base}/blobs/uploads/", timeout=10).headers["Location"]
+        location = location if location.startswith("http") else f"http://{registry.split('/', 1)[0]}{location}"
+        requests.put(f"{location}&digest={digest}", data=blob, timeout=10).raise_for_status()
+    manifest = _json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": "sha256:" + hashlib.sha256(config).hexdigest(), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": "sha256:" + hashlib.sha256(layer).hexdigest(), "size": len(layer)}],
+    }).encode()
+    response = requests.put(f"{base}/manifests/{tag}", data=manifest, timeout=10,
+                            headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    response.raise_for_status()
+    return response.headers["Docker-Content-Digest"]

@@ -85,3 +85,33 @@ def test_an_unusable_ledger_path_is_one_line(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(ConfigError, match="cannot open the build ledger"):
         Ledger(blocker / "ledger.sqlite3")
+
+
+def test_two_builds_at_once_record_everything(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite3"
+    Ledger(path).close()
+    script = (
+        "import sys; from pathlib import Path; from builder.ledger import Ledger\n"
+        "ledger = Ledger(Path(sys.argv[1]))\n"
+        "for i in range(60):\n"
+        "    build = f'{sys.argv[2]}-{i}'\n"
+        "    ledger.start_build(build, 'm', f'1.{i}', 'sha256:x', '0.1.0', None)\n"
+        "    ledger.record_smoke(build, 'sha256:img' + build, {'passed': True, 'device': 'cpu'})\n"
+        "    ledger.record_push(build, 'r/m', f'1.{i}', 'sha256:d' + build, 'pushed')\n"
+        "    ledger.finish_build(build, 'pushed', image_id='sha256:img' + build, digest='sha256:d' + build)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(path), name], cwd=ROOT) for name in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    events = Ledger(path).history("m")
+    assert len(events) == 120 and {e["status"] for e in events} == {"pushed"}
+    assert all(e["smoke"]["passed"] for e in events)
+    assert Ledger(path).passed_smoke("sha256:da-7") and not Ledger(path).passed_smoke("sha256:nothing")
+
+
+def test_a_build_row_says_running_until_it_ends(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.sqlite3")
+    ledger.start_build("b1", "m", "1.0", "sha256:x", "0.1.0", "abc")
+    assert ledger.history("m")[0]["status"] == "running"
+    ledger.finish_build("b1", "failed", error="smoke test failed: blank image")
+    event = ledger.history("m")[0]
+    assert (event["status"], event["error"]) == ("failed", "smoke test failed: blank image")

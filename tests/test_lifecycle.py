@@ -1,0 +1,243 @@
+"""Promotion, deploys, rollback and retention: a real registry, the RunPod stand-in, the CLI.
+
+Images are pushed straight through the registry API (small, real OCI images carrying builder's
+labels) so a test can hold many versions; the build test suite covers how real builds get there."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from builder.registry import RegistryClient, RegistryRef, smoke_tag
+from tests.conftest import make_project, push_fake_image, run_builder, unique_name
+from tests.runpod_standin import RunPodStandIn
+
+APPROVAL = {"approved_by": "legal", "approved_on": "2026-11-01", "reference": "LEGAL-7"}
+
+
+@pytest.fixture
+def lifecycle(tmp_path: Path, registry: str, demo_manifest_data: dict):
+    """A project with one model, a namespace of its own in the registry, a fresh ledger."""
+    data = copy.deepcopy(demo_manifest_data)
+    data["name"] = unique_name("life")
+    namespace = f"{registry}/{unique_name('ns')}"
+    project = make_project(tmp_path, data)
+    env_path = tmp_path / "ledger.sqlite3"
+    env = {"BUILDER_LEDGER": str(env_path), "BUILDER_REGISTRY": namespace}
+    return {"data": data, "name": data["name"], "project": project, "registry": namespace, "env": env,
+            "client": RegistryClient(RegistryRef.parse(namespace))}
+
+
+def cli(life: dict, *args: str, extra: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("BUILDER_REGISTRY", "RUNPOD_API_KEY")}
+    env.update(life["env"], **(extra or {}))
+    return run_builder(["--root", str(life["project"].root), *args], env)
+
+
+def error_line(proc: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def version(life: dict, tag: str, created: str = "2026-11-01T00:00:00Z", smoke: bool = True) -> str:
+    digest = push_fake_image(life["registry"], life["name"], tag, tag, created)
+    if smoke:
+        life["client"].record_smoke(life["name"], digest, {"passed": True, "version": tag, "digest": digest})
+    return digest
+
+
+def set_approval(life: dict, approval: dict | None, commercial: bool = True) -> None:
+    data = life["data"]
+    data["license"]["approval"] = approval
+    data["license"]["commercial_use"] = commercial
+    import yaml
+
+    (life["project"].manifests_dir / f"{life['name']}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+# -- promotion ---------------------------------------------------------------------------------
+def test_promote_needs_a_passed_smoke_for_that_digest(lifecycle) -> None:
+    version(lifecycle, "1.0.0", smoke=False)
+    proc = cli(lifecycle, "promote", lifecycle["name"], "1.0.0", "--to", "staging")
+    assert proc.returncode == 2
+    assert "no passed smoke test is recorded for" in error_line(proc)
+    assert "staging" not in lifecycle["client"].tags(lifecycle["name"])
+
+
+def test_promote_to_staging_moves_the_tag_and_keeps_a_history(lifecycle) -> None:
+    digest = version(lifecycle, "1.0.0")
+    proc = cli(lifecycle, "promote", lifecycle["name"], "1.0.0", "--to", "staging")
+    assert proc.returncode == 0, proc.stderr
+    tags = lifecycle["client"].tags(lifecycle["name"])
+    assert "staging" in tags and any(t.startswith("staging-") for t in tags)
+    assert lifecycle["client"].image(lifecycle["name"], "staging").digest == digest
+    history = json.loads(cli(lifecycle, "history", lifecycle["name"], "--json").stdout)
+    assert [(e["event"], e["stage"], e["digest"]) for e in history] == [("promote", "staging", digest)]
+
+
+def test_production_needs_an_approval(lifecycle) -> None:
+    version(lifecycle, "1.0.0")
+    proc = cli(lifecycle, "promote", lifecycle["name"], "1.0.0", "--to", "production")
+    assert proc.returncode == 2
+    assert "promoting to production needs the licence approval recorded in license.approval" in error_line(proc)
+    set_approval(lifecycle, APPROVAL)
+    assert cli(lifecycle, "promote", lifecycle["name"], "1.0.0", "--to", "production").returncode == 0
+
+
+def test_a_non_commercial_licence_blocks_production_unless_the_approval_says_why(lifecycle) -> None:
+    version(lifecycle, "1.0.0")
+    set_approval(lifecycle, APPROVAL, commercial=False)
+    proc = cli(lifecycle, "promote", lifecycle["name"], "1.0.0", "--to", "production")
+    assert proc.returncode == 2
+    assert "does not allow commercial use: license.approval.note must say why" in error_line(proc)
+    assert "production" not in lifecycle["client"].tags(lifecycle["name"])
+    set_approval(lifecycle, {**APPROVAL, "note": "commercial licence bought from the vendor, contract C-12"},
+                 commercial=False)
+    assert cli(lifecycle, "promote", lifecycle["name"], "1.0.0", "--to", "production").returncode == 0
+
+
+def test_promoting_a_version_that_is_not_in_the_registry_is_one_line(lifecycle) -> None:
+    proc = cli(lifecycle, "promote", lifecycle["name"], "9.9.9", "--to", "staging")
+    assert proc.returncode == 1
+    assert error_line(proc) == f"error: {lifecycle['registry']}/{lifecycle['name']}:9.9.9 is not in the registry: build and push it first"
+
+
+# -- deploy and rollback -------------------------------------------------------------------------
+@pytest.fixture
+def runpod_env(lifecycle):
+    with RunPodStandIn(ready_after=2) as stand_in:
+        yield stand_in
+
+
+def test_deploy_waits_for_health_and_records_it(lifecycle, runpod_env) -> None:
+    old = version(lifecycle, "1.0.0")
+    new = version(lifecycle, "1.1.0")
+    repo = f"{lifecycle['registry']}/{lifecycle['name']}"
+    runpod_env.add_endpoint("ep-live", f"{repo}@{old}")
+    proc = cli(lifecycle, "deploy", lifecycle["name"], "1.1.0", "--target", "endpoint:ep-live", "--poll", "0.05",
+               extra=runpod_env.env())
+    assert proc.returncode == 0, proc.stderr
+    assert runpod_env.image_of("ep-live") == f"{repo}@{new}"
+    assert "waiting for endpoint ep-live" in proc.stderr  # it did wait for workers to initialise
+    assert f"roll back with: python -m builder rollback {lifecycle['name']} --target endpoint:ep-live" in proc.stdout
+    deploys = [e for e in json.loads(cli(lifecycle, "history", lifecycle["name"], "--json").stdout) if e["event"] == "deploy"]
+    assert [(d["outcome"], d["digest"], d["previous_digest"]) for d in deploys] == [("healthy", new, old)]
+
+
+def test_a_deploy_that_never_gets_healthy_times_out_and_leaves_the_old_version_serving(lifecycle, runpod_env) -> None:
+    old = version(lifecycle, "1.0.0")
+    broken = version(lifecycle, "2.0.0")
+    repo = f"{lifecycle['registry']}/{lifecycle['name']}"
+    runpod_env.add_endpoint("ep-live", f"{repo}@{old}")
+    runpod_env.state.broken_images.add(f"{repo}@{broken}")
+    proc = cli(lifecycle, "deploy", lifecycle["name"], "2.0.0", "--target", "endpoint:ep-live", "--timeout", "1",
+               "--poll", "0.1", extra=runpod_env.env())
+    assert proc.returncode == 1
+    line = error_line(proc)
+    assert line.startswith(f"error: endpoint ep-live did not become healthy on {repo}@{broken} within 1s")
+    assert f"the endpoint is back on template" in line and f"({repo}@{old})" in line
+    assert runpod_env.image_of("ep-live") == f"{repo}@{old}"
+    deploys = [e for e in json.loads(cli(lifecycle, "history", lifecycle["name"], "--json").stdout) if e["event"] == "deploy"]
+    assert [(d["outcome"], d["digest"]) for d in deploys] == [("timeout", broken)]  # the ledger does not lie
+
+
+def test_deploy_without_a_version_takes_production_and_refuses_tags(lifecycle, runpod_env) -> None:
+    repo = f"{lifecycle['registry']}/{lifecycle['name']}"
+    runpod_env.add_endpoint("ep", f"{repo}@sha256:{'0' * 64}")
+    proc = cli(lifecycle, "deploy", lifecycle["name"], "--target", "endpoint:ep", extra=runpod_env.env())
+    assert proc.returncode == 1 and "production is not in the registry: promote a version" in error_line(proc)
+    digest = version(lifecycle, "1.0.0")
+    set_approval(lifecycle, APPROVAL)
+    assert cli(lifecycle, "promote", lifecycle["name"], "1.0.0", "--to", "production").returncode == 0
+    proc = cli(lifecycle, "deploy", lifecycle["name"], "--target", "endpoint:ep", "--poll", "0.05", extra=runpod_env.env())
+    assert proc.returncode == 0, proc.stderr
+    assert runpod_env.image_of("ep") == f"{repo}@{digest}"
+
+
+def test_a_template_target_gets_the_new_image(lifecycle, runpod_env) -> None:
+    digest = version(lifecycle, "1.0.0")
+    template_id = runpod_env.add_endpoint("unused", "old/image@sha256:" + "1" * 64)
+    proc = cli(lifecycle, "deploy", lifecycle["name"], "1.0.0", "--target", f"template:{template_id}",
+               extra=runpod_env.env())
+    assert proc.returncode == 0, proc.stderr
+    assert runpod_env.state.templates[template_id]["imageName"] == f"{lifecycle['registry']}/{lifecycle['name']}@{digest}"
+
+
+def test_deploy_errors_are_one_line(lifecycle, runpod_env) -> None:
+    version(lifecycle, "1.0.0")
+    no_key = cli(lifecycle, "deploy", lifecycle["name"], "1.0.0", "--target", "endpoint:x",
+                 extra={**runpod_env.env(), "RUNPOD_API_KEY": ""})
+    assert no_key.returncode == 2 and "no RunPod API key: set RUNPOD_API_KEY" in error_line(no_key)
+    bad_key = cli(lifecycle, "deploy", lifecycle["name"], "1.0.0", "--target", "endpoint:x",
+                  extra={**runpod_env.env(), "RUNPOD_API_KEY": "wrong"})
+    assert bad_key.returncode == 1 and "RunPod refused the API key" in error_line(bad_key)
+    missing = cli(lifecycle, "deploy", lifecycle["name"], "1.0.0", "--target", "endpoint:nope", extra=runpod_env.env())
+    assert missing.returncode == 1 and "RunPod has no serverless endpoint nope" in error_line(missing)
+    target = cli(lifecycle, "deploy", lifecycle["name"], "1.0.0", "--target", "pod;rm -rf", extra=runpod_env.env())
+    assert target.returncode == 2 and "expected endpoint:ID" in error_line(target)
+
+
+def test_rollback_from_an_empty_ledger_picks_the_last_known_good(lifecycle, runpod_env, tmp_path: Path) -> None:
+    set_approval(lifecycle, APPROVAL)
+    first = version(lifecycle, "1.0.0")
+    second = version(lifecycle, "1.1.0")
+    third = version(lifecycle, "1.2.0")  # promoted nowhere: never a rollback target
+    for v in ("1.0.0", "1.1.0"):
+        assert cli(lifecycle, "promote", lifecycle["name"], v, "--to", "production").returncode == 0
+    repo = f"{lifecycle['registry']}/{lifecycle['name']}"
+    runpod_env.add_endpoint("ep-live", f"{repo}@{second}")
+    fresh = {"BUILDER_LEDGER": str(tmp_path / "fresh-runner.sqlite3")}  # a CI runner that has never seen a build
+    proc = cli(lifecycle, "rollback", lifecycle["name"], "--target", "endpoint:ep-live", "--poll", "0.05",
+               extra={**runpod_env.env(), **fresh})
+    assert proc.returncode == 0, proc.stderr
+    assert runpod_env.image_of("ep-live") == f"{repo}@{first}"
+    assert f"rolled back endpoint:ep-live to {repo}@{first} ({lifecycle['name']} 1.0.0)" in proc.stdout
+    assert third not in runpod_env.image_of("ep-live")
+    explicit = cli(lifecycle, "rollback", lifecycle["name"], "--target", "endpoint:ep-live", "--to", "1.1.0",
+                   "--poll", "0.05", extra={**runpod_env.env(), **fresh})
+    assert explicit.returncode == 0 and runpod_env.image_of("ep-live") == f"{repo}@{second}"
+
+
+def test_rollback_with_nothing_earlier_says_so(lifecycle, runpod_env) -> None:
+    set_approval(lifecycle, APPROVAL)
+    only = version(lifecycle, "1.0.0")
+    assert cli(lifecycle, "promote", lifecycle["name"], "1.0.0", "--to", "production").returncode == 0
+    runpod_env.add_endpoint("ep", f"{lifecycle['registry']}/{lifecycle['name']}@{only}")
+    proc = cli(lifecycle, "rollback", lifecycle["name"], "--target", "endpoint:ep", extra=runpod_env.env())
+    assert proc.returncode == 1 and "nothing earlier to roll back to" in error_line(proc)
+
+
+# -- retention -----------------------------------------------------------------------------------
+def test_prune_never_touches_production_or_the_last_known_good(lifecycle) -> None:
+    name, client = lifecycle["name"], lifecycle["client"]
+    set_approval(lifecycle, APPROVAL)
+    digests = {f"1.{i}.0": version(lifecycle, f"1.{i}.0", created=f"2026-0{i + 1}-01T00:00:00.123456789Z")
+               for i in range(6)}
+    for v in ("1.1.0", "1.2.0"):  # 1.2.0 is in production now; 1.1.0 is the last known-good
+        assert cli(lifecycle, "promote", name, v, "--to", "production").returncode == 0
+    assert cli(lifecycle, "promote", name, "1.3.0", "--to", "staging").returncode == 0
+    dry = cli(lifecycle, "prune", name, "--keep", "1", "--older-than", "0")
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run: 2 versions would be deleted" in dry.stdout
+    assert set(client.tags(name)) >= {f"1.{i}.0" for i in range(6)}  # a dry run deletes nothing
+    done = cli(lifecycle, "prune", name, "--keep", "1", "--older-than", "0", "--yes")
+    assert done.returncode == 0, done.stderr
+    tags = set(client.tags(name))
+    assert {"1.0.0", "1.4.0"}.isdisjoint(tags)  # old, never promoted, not the newest
+    assert {"1.1.0", "1.2.0", "1.3.0", "1.5.0", "production", "staging"} <= tags
+    assert smoke_tag(digests["1.0.0"]) not in tags and smoke_tag(digests["1.2.0"]) in tags
+    assert "keep   " + name + ":1.1.0" in done.stdout and "(was in production)" in done.stdout
+
+
+def test_prune_keeps_young_versions(lifecycle) -> None:
+    for i in range(3):
+        version(lifecycle, f"2.{i}.0", created="2099-01-01T00:00:00Z")
+    proc = cli(lifecycle, "prune", lifecycle["name"], "--keep", "0", "--older-than", "30", "--yes")
+    assert proc.returncode == 0 and "deleted 0 versions" in proc.stdout
+    assert {"2.0.0", "2.1.0", "2.2.0"} <= set(lifecycle["client"].tags(lifecycle["name"]))

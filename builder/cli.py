@@ -39,13 +39,10 @@ def _services(ctx: click.Context, project):
 
 
 def _load(project, target: str):
-    from builder.manifest import load_manifest
+    from builder.manifest import display_path, load_manifest
 
     path = project.manifest_path(target)
-    manifest = load_manifest(path)
-    from builder.manifest import display_path
-
-    return manifest, display_path(path)
+    return load_manifest(path), display_path(path)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -187,6 +184,12 @@ def build(ctx: click.Context, target: str, registry: str | None, push: bool, bas
     for caption, line in zip(captions, result.run_commands):
         click.echo(caption)
         click.echo(f"  {line}")
+    if result.pushed or result.already_in_registry:
+        where = f" --registry {registry}" if registry else ""
+        click.echo("release it, and undo a bad deploy:")
+        click.echo(f"  python -m builder promote {result.name} {result.version} --to staging{where}")
+        click.echo(f"  python -m builder deploy {result.name} {result.version} --target endpoint:ID{where}")
+        click.echo(f"  python -m builder rollback {result.name} --target endpoint:ID{where}")
 
 
 @cli.command()

@@ -623,7 +623,6 @@ class FetchEngine:
 
     def _download(self, job: _Job) -> tuple[Path, str, int]:
         """Fetch job.item from job.mirror into the cache's partial dir; (path, sha256, size) once verified."""
-        import httpx2
         from huggingface_hub import hf_hub_url
         from huggingface_hub.utils import build_hf_headers
 
@@ -650,7 +649,7 @@ class FetchEngine:
         headers = build_hf_headers(token=self.token if same_origin and self.token else False)
         headers["Accept-Encoding"] = "identity"
         if item.size is None:
-            self._check_space(size)
+            self.check_space(size)
         transfer = _Transfer.resume_or_new(self.cache.partial(item.key), size, self.config.chunk_bytes)
         resumed = sum(s.done for s in transfer.segments)
         if resumed:
@@ -803,7 +802,7 @@ class FetchEngine:
             view = view[written:]
             offset += written
 
-    def _check_space(self, needed: int, where: Path | None = None) -> None:
+    def check_space(self, needed: int, where: Path | None = None) -> None:
         path = where or self.cache.root
         stat = os.statvfs(path)
         free = stat.f_bavail * stat.f_frsize
@@ -936,10 +935,10 @@ def fetch_plan(plan: dict, export: Path, engine: FetchEngine) -> list[FetchedFil
     # Free space for the downloads (into the cache) and the copy out (into the export), before any byte.
     download, copy = engine.missing_bytes(items), sum(i.size or 0 for i in items)
     if os.stat(engine.cache.root).st_dev == os.stat(export).st_dev:
-        engine._check_space(download + copy, export)
+        engine.check_space(download + copy, export)
     else:
-        engine._check_space(download)
-        engine._check_space(copy, export)
+        engine.check_space(download)
+        engine.check_space(copy, export)
     fetched = engine.fetch(items)
     placed: list[FetchedFile] = []
     cache = engine.cache

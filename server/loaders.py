@@ -127,8 +127,8 @@ class DiffusersTextToImage:
         return ImageOutput(pixels, seed, time.perf_counter() - started)
 
 
-class TransformersTextGeneration:
-    """A causal language model and its tokenizer (class_name: AutoModelForCausalLM or a concrete class)."""
+class _Transformers:
+    """A transformers model and its tokenizer, the class named by the manifest's class_name."""
 
     def __init__(self, spec: ModelSpec, model_dir: Path, device: str) -> None:
         import transformers
@@ -141,6 +141,10 @@ class TransformersTextGeneration:
         self.model = model_class.from_pretrained(model_dir, dtype=dtype, local_files_only=True).to(device).eval()
         self.device = device
         self.dtype = str(dtype).removeprefix("torch.")
+
+
+class TransformersTextGeneration(_Transformers):
+    """A causal language model (class_name: AutoModelForCausalLM or a concrete class)."""
 
     def predict(self, request: Any) -> TextOutput:
         import torch
@@ -161,20 +165,8 @@ class TransformersTextGeneration:
         return TextOutput(text, int(new_tokens.shape[0]), seed, time.perf_counter() - started)
 
 
-class TransformersEmbedding:
+class TransformersEmbedding(_Transformers):
     """An encoder whose mean-pooled last hidden state is the embedding (class_name: AutoModel...)."""
-
-    def __init__(self, spec: ModelSpec, model_dir: Path, device: str) -> None:
-        import transformers
-
-        model_class = getattr(transformers, spec.class_name or "", None)
-        if model_class is None:
-            raise LoadError(f"transformers {transformers.__version__} has no class {spec.class_name}")
-        dtype = torch_dtype(spec.dtype, device)
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        self.model = model_class.from_pretrained(model_dir, dtype=dtype, local_files_only=True).to(device).eval()
-        self.device = device
-        self.dtype = str(dtype).removeprefix("torch.")
 
     def predict(self, request: Any) -> EmbeddingOutput:
         import torch

@@ -335,6 +335,17 @@ def test_large_files_follow_the_cdn_redirect_without_the_token(demo_manifest_dat
     assert len(hub_gets) == 8 and all(r.token == "hf_right_token" for r in hub_gets)
 
 
+def test_an_invalid_token_is_one_line(demo_plan, hub, cache, config, tmp_path) -> None:
+    hub.state.valid_tokens = {"hf_valid"}
+    try:
+        result = run_fetch(demo_plan, tmp_path / "e", cache, config, tmp_path, token="hf_expired")
+    finally:
+        hub.state.valid_tokens = None
+    error = error_of(result)
+    assert "refused the token (401) for builder-demo/tiny-sd: check HF_TOKEN" in str(error), str(error)
+    assert "hf_expired" not in result.stdout + result.stderr
+
+
 # -- mirrors -----------------------------------------------------------------------------------
 def test_a_dead_mirror_falls_back_to_the_next(demo_plan, hub, cache, tmp_path) -> None:
     config = fetch_config(tmp_path, ("dead", "http://127.0.0.1:9"), ("local", hub.url), attempts=2)

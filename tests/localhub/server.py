@@ -134,6 +134,7 @@ class HubState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     cdn_url: str | None = None
     link_rate: int | None = None  # bytes per second shared by every response: an emulated link
+    valid_tokens: set[str] | None = None  # when set, any other token is refused with 401, as the Hub does
     link_clock: float = 0.0
 
     def reserve_link(self, n: int) -> float:
@@ -217,6 +218,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _repo(self, ns: str, name: str) -> Repo | None:
         repo_id = f"{ns}/{name}"
+        token = self._token()
+        if token is not None and self.state.valid_tokens is not None and token not in self.state.valid_tokens:
+            self._error(401, None, "Invalid credentials in Authorization header")
+            return None
         repo = self.state.repos.get(repo_id)
         if repo is None:
             self._error(404, "RepoNotFound", f"Repository Not Found for url: {self.path}.")

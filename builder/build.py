@@ -115,6 +115,8 @@ def run_build(
 ) -> BuildResult:
     token = hub_token()
     registry = _check_inputs(manifest, origin, options, token)
+    if registry is not None and options.push:
+        RegistryClient(registry).check()
     endpoint = options.hf_endpoint or os.environ.get("HF_ENDPOINT")
     fetch_config = services.config.fetch_config(endpoint, services.ledger.mirror_ranking())
     docker = connect()  # after the input checks: bad input is reported even where no engine runs
@@ -219,7 +221,7 @@ def _build_smoke_push(manifest: Manifest, origin: str, options: BuildOptions, fe
                    "git_commit": git_commit}
     existing = client.image(manifest.name, manifest.version)
     if existing is not None:
-        if existing.config_digest != image_id:
+        if not _same_image(client, manifest.name, existing, image_id):
             raise RegistryError(
                 f"{result.tag} already exists with other content ({existing.digest}); versions are immutable: "
                 f"bump version in {origin} and build again"
@@ -245,6 +247,23 @@ def _build_smoke_push(manifest: Manifest, origin: str, options: BuildOptions, fe
     result.digest_reference = f"{repository}@{digest}"
     result.pushed = True
     return result
+
+
+def _same_image(client: RegistryClient, name: str, remote, image_id: str) -> bool:
+    """Whether the registry's image is the local one. The classic image store's id is the config
+    digest; the containerd store's is the manifest (or index) digest; a buildx push may wrap the
+    image in an index with attestations: look inside it."""
+    if image_id in (remote.digest, remote.config_digest):
+        return True
+    if remote.config_digest is not None:
+        return False
+    found = client.manifest(name, remote.digest)
+    children = json.loads(found[0]).get("manifests", []) if found else []
+    for child in children:
+        image = client.image(name, child.get("digest", ""))
+        if image is not None and image_id in (image.digest, image.config_digest):
+            return True
+    return False
 
 
 def _with_run_commands(result: BuildResult, manifest: Manifest, docker: Docker, gpus: bool) -> BuildResult:

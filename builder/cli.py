@@ -516,8 +516,8 @@ def prune(name: str, keep: int, older_than: float, yes: bool, registry: str | No
     for version in plan.delete:
         click.echo(f"{'delete' if yes else 'would delete'} {name}:{version.tag}  {version.digest[:19]}")
     if yes:
-        apply_prune(client, name, plan)
-        click.echo(f"deleted {len(plan.delete)} versions")
+        deleted = apply_prune(client, name, plan, keep, older_than)
+        click.echo(f"deleted {len(deleted)} versions")
     else:
         click.echo(f"dry run: {len(plan.delete)} versions would be deleted (add --yes)")
 

@@ -77,6 +77,8 @@ class RunPod:
             return fn()
         except error.AuthenticationError:
             raise DeployError(f"RunPod refused the API key while trying to {what}: check RUNPOD_API_KEY") from None
+        except RuntimeError as exc:  # the SDK's serverless client raises RuntimeError on a 401
+            raise DeployError(f"RunPod refused to {what}: {' '.join(str(exc).split())[:200]}") from None
         except error.QueryError as exc:
             raise DeployError(f"RunPod refused to {what}: {' '.join(str(exc).split())[:200]}") from None
         except (OSError, ValueError) as exc:  # requests' errors are OSErrors
@@ -89,7 +91,8 @@ class RunPod:
 
     def templates(self) -> dict[str, dict[str, Any]]:
         data = self._query("list templates", "query { myself { podTemplates { id name imageName dockerArgs "
-                                             "containerDiskInGb volumeInGb volumeMountPath ports isServerless } } }")
+                                             "containerDiskInGb volumeInGb volumeMountPath ports isServerless "
+                                             "containerRegistryAuthId env { key value } } } }")
         return {t["id"]: t for t in data["myself"]["podTemplates"]}
 
     def endpoint(self, endpoint_id: str) -> dict[str, Any]:
@@ -99,10 +102,16 @@ class RunPod:
                 return endpoint
         raise DeployError(f"RunPod has no serverless endpoint {endpoint_id} for this API key")
 
-    def create_template(self, name: str, image: str, port: int) -> str:
+    def create_template(self, name: str, image: str, port: int, like: dict[str, Any] | None = None) -> str:
+        """A serverless template for image, keeping the settings of `like` (the endpoint's current
+        template): its environment, registry credentials and disk sizes."""
+        like = like or {}
+        env = {item["key"]: item["value"] for item in like.get("env") or []}
+        env.setdefault("PORT", str(port))
         template = self._call(f"create a template for {image}", lambda: self._runpod.create_template(
-            name=name, image_name=image, is_serverless=True, ports=f"{port}/http", env={"PORT": str(port)},
-            container_disk_in_gb=20))
+            name=name, image_name=image, is_serverless=True, ports=like.get("ports") or f"{port}/http", env=env,
+            container_disk_in_gb=like.get("containerDiskInGb") or 20, volume_in_gb=like.get("volumeInGb"),
+            registry_auth_id=like.get("containerRegistryAuthId") or None))
         return template["id"]
 
     def switch_endpoint(self, endpoint_id: str, template_id: str) -> None:
@@ -123,6 +132,10 @@ class RunPod:
                 fields.append(f"{key}: {int(template[key])}")
         if template.get("isServerless") is not None:
             fields.append(f"isServerless: {'true' if template['isServerless'] else 'false'}")
+        if template.get("containerRegistryAuthId"):
+            fields.append(f"containerRegistryAuthId: {_quote(template['containerRegistryAuthId'])}")
+        env = ", ".join(f"{{ key: {_quote(e['key'])}, value: {_quote(e['value'])} }}" for e in template.get("env") or [])
+        fields.append(f"env: [{env}]")  # saveTemplate replaces fields: send back what was there
         self._query(f"update template {template['id']}",
                     f"mutation {{ saveTemplate(input: {{ {', '.join(fields)} }}) {{ id imageName }} }}")
 
@@ -145,10 +158,12 @@ class DeployResult:
     health: dict[str, Any] | None
 
 
-def _healthy(health: dict[str, Any]) -> bool:
+def _ready(health: dict[str, Any]) -> bool:
+    """A worker serving (ready or running) and none unhealthy or still starting. Idle workers are
+    not counted: an idle worker may be one the switch has not replaced yet."""
     workers = health.get("workers") or {}
-    return (workers.get("ready", 0) + workers.get("idle", 0) + workers.get("running", 0)) >= 1 \
-        and workers.get("unhealthy", 0) == 0
+    return (workers.get("ready", 0) + workers.get("running", 0)) >= 1 and workers.get("unhealthy", 0) == 0 \
+        and workers.get("initializing", 0) == 0
 
 
 def deploy(runpod: RunPod, ledger: Ledger, target: Target, model: str, version: str | None, image: str,
@@ -174,28 +189,56 @@ def deploy(runpod: RunPod, ledger: Ledger, target: Target, model: str, version: 
 
     endpoint = runpod.endpoint(target.id)
     previous_template = endpoint.get("templateId")
+    like = runpod.templates().get(previous_template) if previous_template else None
     name = f"builder-{model}-{version or 'unversioned'}-{digest[7:19]}"
-    template_id = runpod.create_template(name, image, port)
+    template_id = runpod.create_template(name, image, port, like)
     say(f"endpoint {target.id}: template {previous_template} -> {template_id} ({image})")
     runpod.switch_endpoint(target.id, template_id)
     health: dict[str, Any] = {}
-    while time.monotonic() - started < timeout:
-        health = runpod.health(target.id)
-        on_new = runpod.endpoint(target.id).get("templateId") == template_id
-        if on_new and _healthy(health):
-            seconds = time.monotonic() - started
-            ledger.record_deployment(model, version, digest, str(target), "healthy", digest_of(previous),
-                                     json.dumps(health.get("workers")), seconds)
-            return DeployResult(target, image, previous, seconds, health)
-        say(f"waiting for endpoint {target.id}: workers {health.get('workers')}")
-        sleep(poll)
+    outcome, detail = "timeout", ""
+    try:
+        # Healthy means new workers were seen starting, then one serves: RunPod's health document
+        # does not say which template a worker runs, so a worker already ready at the switch
+        # proves nothing about the new image.
+        saw_start = False
+        errors = 0
+        while time.monotonic() - started < timeout:
+            try:
+                health = runpod.health(target.id)
+                on_new = runpod.endpoint(target.id).get("templateId") == template_id
+                errors = 0
+            except DeployError as exc:  # one failed poll is not a failed deploy
+                errors += 1
+                if errors >= 3:
+                    raise
+                say(f"health check failed ({exc}); trying again")
+                sleep(poll)
+                continue
+            saw_start = saw_start or (health.get("workers") or {}).get("initializing", 0) > 0
+            if on_new and saw_start and _ready(health):
+                seconds = time.monotonic() - started
+                ledger.record_deployment(model, version, digest, str(target), "healthy", digest_of(previous),
+                                         json.dumps(health.get("workers")), seconds)
+                return DeployResult(target, image, previous, seconds, health)
+            say(f"waiting for endpoint {target.id}: workers {health.get('workers')}")
+            sleep(poll)
+        detail = json.dumps(health.get("workers"))
+    except BaseException as exc:
+        outcome, detail = "failed", str(exc) or type(exc).__name__
+        reverted = _switch_back(runpod, target, previous_template, say)
+        ledger.record_deployment(model, version, digest, str(target), outcome, digest_of(previous), detail,
+                                 time.monotonic() - started)
+        if isinstance(exc, DeployError):
+            where = f"the endpoint is back on template {previous_template}" if reverted else \
+                "CHECK THE ENDPOINT: it could not be switched back"
+            raise DeployError(f"{exc}; {where}; the new version is recorded as failed") from None
+        raise
     # Not healthy in time: put the endpoint back on what it ran, and say so.
-    if previous_template:
-        runpod.switch_endpoint(target.id, previous_template)
+    reverted = _switch_back(runpod, target, previous_template, say)
     seconds = time.monotonic() - started
-    ledger.record_deployment(model, version, digest, str(target), "timeout", digest_of(previous),
-                             json.dumps(health.get("workers")), seconds)
-    back = f"the endpoint is back on template {previous_template} ({previous})" if previous_template else \
+    ledger.record_deployment(model, version, digest, str(target), outcome, digest_of(previous), detail, seconds)
+    back = f"the endpoint is back on template {previous_template} ({previous})" if reverted else \
+        f"switching back to template {previous_template} FAILED: check the endpoint now" if previous_template else \
         "the endpoint had no template before"
     raise DeployError(
         f"endpoint {target.id} did not become healthy on {image} within {timeout:g}s (workers: "
@@ -203,9 +246,21 @@ def deploy(runpod: RunPod, ledger: Ledger, target: Target, model: str, version: 
     )
 
 
+def _switch_back(runpod: RunPod, target: Target, previous_template: str | None, say: Callable[[str], None]) -> bool:
+    if not previous_template:
+        return False
+    try:
+        runpod.switch_endpoint(target.id, previous_template)
+    except DeployError as exc:
+        say(f"could not switch endpoint {target.id} back to template {previous_template}: {exc}")
+        return False
+    return True
+
+
 def rollback_image(client, name: str, current_digest: str | None, to_version: str | None) -> tuple[str, str | None]:
-    """The image to roll back to: `to_version`, else the newest production promotion whose digest
-    is not what the target runs now. (REPO@sha256:..., its version.)"""
+    """The image to roll back to: `to_version`, else the newest production promotion older than
+    the one the target runs now (so a second rollback goes further back, never forward).
+    (REPO@sha256:..., its version.)"""
     from builder.promote import stage_history, version_of
 
     repository = client.ref.repository(name)
@@ -214,11 +269,15 @@ def rollback_image(client, name: str, current_digest: str | None, to_version: st
         if image is None:
             raise DeployError(f"{repository}:{to_version} is not in the registry")
         return f"{repository}@{image.digest}", to_version
+    if current_digest is None:
+        raise DeployError(f"cannot tell which image the target runs (it is not pinned by digest): pass --to VERSION")
     history = stage_history(client, name, "production")
-    for entry in history:
-        if entry.digest != current_digest:
-            return f"{repository}@{entry.digest}", version_of(client, name, entry.digest)
     if not history:
         raise DeployError(f"{repository} has no production history to roll back to: promote a version first")
-    raise DeployError(f"{repository}: every production version is the one running now ({current_digest}): "
+    running = next((i for i, entry in enumerate(history) if entry.digest == current_digest), None)
+    older = history[running + 1:] if running is not None else history
+    for entry in older:
+        if entry.digest != current_digest:
+            return f"{repository}@{entry.digest}", version_of(client, name, entry.digest)
+    raise DeployError(f"{repository}: no production version older than the one running now ({current_digest}): "
                       f"nothing earlier to roll back to")

@@ -444,12 +444,19 @@ class _RangeClient:
                 raise _HttpStatus(status, code, detail)
             if status == 200 and "Range" in headers and not headers["Range"].startswith("bytes=0-"):
                 raise _NoRanges()
+            if status == 206:
+                asked = headers.get("Range", "bytes=0-").removeprefix("bytes=").split("-")[0]
+                got = (response.headers.get("Content-Range") or "").removeprefix("bytes ").split("-")[0]
+                if got != asked:  # bytes from elsewhere in the file would be written at the wrong offset
+                    raise _Retryable(f"asked for bytes from {asked}, the server sent from {got or '?'}")
             buffer = memoryview(bytearray(1024 * 1024))
             while True:
                 n = response.readinto(buffer)
                 if not n:
                     break
                 if not on_bytes(buffer[:n]):
+                    # Stopped: reusable only when that was the body's last byte.
+                    keep = response.length == 0 and not response.will_close
                     return
             keep = not response.will_close
         finally:
@@ -477,8 +484,12 @@ def _retry_after(value: str | None) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
         parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+    except (TypeError, ValueError):
+        return None  # unreadable: back off as usual rather than fail
+    return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
 class FetchEngine:
@@ -951,12 +962,16 @@ def fetch_plan(plan: dict, export: Path, engine: FetchEngine) -> list[FetchedFil
             # A blob from an earlier build is hashed while it is copied out: a cache entry whose
             # bytes no longer match its name is never served.
             with cache.locked(result.sha256, shared=True):
-                copied = target.exists() or _copy_verified(cache, result.sha256, target, verify=result.source == "cache")
+                try:
+                    copied = target.exists() or _copy_verified(cache, result.sha256, target,
+                                                               verify=result.source == "cache")
+                except FileNotFoundError:  # pruned between the fetch and now
+                    copied = False
             if copied:
                 break
             with cache.locked(result.sha256):
                 cache.evict(result.sha256)
-            engine.log(f"cache entry {result.sha256[:16]}… for {item.dest} was corrupt: removed, fetching again")
+            engine.log(f"cache entry {result.sha256[:16]}… for {item.dest} was corrupt or gone: fetching again")
             result = engine.fetch_one(item)
         else:
             raise DownloadError(f"{engine.model}: {item.dest}: the cache keeps returning corrupt bytes: check the disk")
@@ -978,8 +993,19 @@ def _load_config(path: Path | None) -> FetchConfig:
     return FetchConfig.from_json(json.loads(source.read_text(encoding="utf-8")))
 
 
+_OUTPUT = threading.Lock()
+
+
+def _line(text: str) -> None:
+    """One whole line per write, under a lock: lines from the download threads never splice, so
+    every `::builder-attempt::` line reaches the host's ledger intact."""
+    with _OUTPUT:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+
 def _emit_attempt(attempt: Attempt) -> None:
-    print(ATTEMPT_PREFIX + json.dumps(asdict(attempt), sort_keys=True), flush=True)
+    _line(ATTEMPT_PREFIX + json.dumps(asdict(attempt), sort_keys=True))
 
 
 _BUILDKIT_PREFIX = re.compile(r"^(?:#\d+\s+\d+(?:\.\d+)?\s+)?")
@@ -1044,8 +1070,13 @@ def _cache_command(args: argparse.Namespace) -> int:
             total -= row["size"]
         print(CACHE_PREFIX + json.dumps({"kind": "removed", "dry_run": args.dry_run, **row}), flush=True)
     if args.partials and not args.dry_run:
-        for part in (cache.root / "partial").iterdir():
-            part.unlink()
+        for part in (cache.root / "partial").glob("*.part"):
+            key = part.name[: -len(".part")]
+            with cache.locked(key, wait=False) as got:
+                if not got:
+                    continue  # a build is downloading it right now
+                for path in (part, part.with_suffix(".json")):
+                    path.unlink(missing_ok=True)
     return 0
 
 
@@ -1078,7 +1109,7 @@ def main(argv: list[str]) -> int:
     plan = json.loads(args.plan.read_text(encoding="utf-8"))
     try:
         engine = FetchEngine(_load_config(args.config), read_token(args.token_file), ContentCache(args.cache),
-                             plan["model"], log=lambda line: print(line, flush=True), on_attempt=_emit_attempt)
+                             plan["model"], log=_line, on_attempt=_emit_attempt)
         files = fetch_plan(plan, args.export, engine)
     except BuilderError as exc:
         print(exc.marker(), file=sys.stderr, flush=True)

@@ -67,22 +67,38 @@ def stage_history(client: RegistryClient, name: str, stage: str = "production") 
     return sorted(entries, key=lambda e: e.at, reverse=True)
 
 
-def version_of(client: RegistryClient, name: str, digest: str) -> str | None:
+def labels_of(client: RegistryClient, name: str, digest: str) -> dict[str, str]:
     config = client.config(name, digest) or {}
-    return ((config.get("config") or {}).get("Labels") or {}).get("io.builder.manifest.version")
+    return dict((config.get("config") or {}).get("Labels") or {})
 
 
-def check_licence(manifest: Manifest, origin: str, stage: str) -> None:
-    """Production needs a recorded approval; a non-commercial licence needs it to say why."""
+def version_of(client: RegistryClient, name: str, digest: str) -> str | None:
+    return labels_of(client, name, digest).get("io.builder.manifest.version")
+
+
+def check_image(labels: dict[str, str], reference: str) -> None:
+    """Only verified images move past experimental: an image from an experimental or unlocked
+    manifest may hold files whose bytes were never checked."""
+    if labels.get("io.builder.profile") == "experimental" or labels.get("io.builder.locked") == "false":
+        raise InputError(
+            f"{reference} was built from an experimental or unlocked manifest (its files were not all verified): "
+            f"lock the manifest, build a new version and promote that"
+        )
+
+
+def check_licence(manifest: Manifest, origin: str, stage: str, image_commercial: str | None = None) -> None:
+    """Production needs a recorded approval; a non-commercial licence (by the manifest, or by the
+    image's own label, whichever is stricter) needs it to say why."""
     if stage != "production":
         return
     licence = manifest.license
+    commercial = licence.commercial_use and image_commercial != "false"
     if licence.approval is None:
         raise InputError(
             f"{origin}: promoting to production needs the licence approval recorded in license.approval "
             f"(approved_by, approved_on, reference); {licence.name} has none"
         )
-    if not licence.commercial_use and not licence.approval.note:
+    if not commercial and not licence.approval.note:
         raise InputError(
             f"{origin}: {licence.name} does not allow commercial use: license.approval.note must say why this "
             f"production use is allowed (for example, the commercial licence bought and its reference)"
@@ -112,7 +128,9 @@ def promote(client: RegistryClient, ledger: Ledger, manifest: Manifest, origin: 
             f"no passed smoke test is recorded for {repository}:{version} ({image.digest}) in the registry or the "
             f"ledger: build it with `python -m builder build {name}`"
         )
-    check_licence(manifest, origin, stage)
+    labels = labels_of(client, name, image.digest)
+    check_image(labels, f"{repository}:{version}")
+    check_licence(manifest, origin, stage, labels.get("io.builder.license.commercial"))
     stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime(_TIME)
     history_tag = f"{stage}-{stamp}"
     client.tag(name, image.digest, history_tag)  # the record first: a moved stage tag always has its history

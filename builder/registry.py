@@ -143,14 +143,28 @@ class RegistryClient:
         if response.status_code != 200:
             raise RegistryError(f"{self.ref.host} answered {response.status_code} for {what}")
 
-    def tags(self, name: str) -> list[str]:
-        """Every tag of repository `name` (empty when the repository does not exist)."""
+    def check(self) -> None:
+        """Fail now, with one line, if the registry cannot be reached (before an hour of building)."""
+        response = self._request("GET", f"{self.ref.base_url}/v2/", "")
+        if response.status_code not in (200, 401):
+            raise RegistryError(f"{self.ref.base_url}/v2/ answered {response.status_code}: is --registry a container registry?")
+
+    def tags(self, name: str, page_size: int = 1000) -> list[str]:
+        """Every tag of repository `name` (empty when the repository does not exist), following the
+        `Link: <...>; rel="next"` pagination the distribution spec allows (Quay, Harbor use it)."""
         path = self.ref.path(name)
-        response = self._get(f"{self.ref.base_url}/v2/{path}/tags/list", path, {})
-        if response.status_code == 404:
-            return []
-        self._check(response, f"the tags of {path}")
-        return sorted(response.json().get("tags") or [])
+        url: str | None = f"{self.ref.base_url}/v2/{path}/tags/list?n={page_size}"
+        tags: list[str] = []
+        while url:
+            response = self._get(url, path, {})
+            if response.status_code == 404:
+                return []
+            self._check(response, f"the tags of {path}")
+            tags.extend(response.json().get("tags") or [])
+            match = re.search(r'<([^>]+)>\s*;\s*rel="?next"?', response.headers.get("Link", ""))
+            url = (match.group(1) if match.group(1).startswith("http") else self.ref.base_url + match.group(1)) \
+                if match else None
+        return sorted(set(tags))
 
     def config(self, name: str, reference: str) -> dict[str, Any] | None:
         """The image config (labels, history, diff ids) that a tag or digest points at."""

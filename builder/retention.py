@@ -84,9 +84,17 @@ def plan_prune(client: RegistryClient, name: str, keep: int, older_than_days: fl
     return plan
 
 
-def apply_prune(client: RegistryClient, name: str, plan: PrunePlan) -> None:
+def apply_prune(client: RegistryClient, name: str, plan: PrunePlan, keep: int, older_than_days: float) -> list[Version]:
+    """Delete what the plan says, re-checked against the registry as it is now (a promotion made
+    since the plan protects its version); return what was deleted."""
+    still = {v.digest for v in plan_prune(client, name, keep, older_than_days).delete}
+    deleted = []
     for version in plan.delete:
+        if version.digest not in still:
+            continue
+        deleted.append(version)
         smoke = client.image(name, smoke_tag(version.digest))
         client.delete(name, version.digest)
         if smoke is not None:
             client.delete(name, smoke.digest)
+    return deleted

@@ -53,7 +53,7 @@ class ModelState:
     predictor: Predictor | None = None
     load_seconds: float | None = None
     pending: int = 0  # requests inside predict: the one running plus those waiting
-    last_seconds: float = 1.0  # the last inference's duration, for Retry-After
+    last_seconds: float | None = None  # the last inference's duration (None before the first)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -172,7 +172,7 @@ def create_app(settings: Settings, loader: Callable[..., Predictor] = load_predi
         if state.status != "ready" or state.predictor is None:
             return JSONResponse({"detail": state.reason or "the model is still loading"}, status_code=503)
         if state.pending >= 1 + settings.max_queue:
-            return busy(f"busy: {state.pending - 1} requests already waiting", state.last_seconds * state.pending)
+            return busy(f"busy: {state.pending - 1} requests already waiting", (state.last_seconds or 1.0) * state.pending)
         state.pending += 1
         metrics.queue_depth.set(max(state.pending - 1, 0))
         queued = time.perf_counter()
@@ -184,6 +184,13 @@ def create_app(settings: Settings, loader: Callable[..., Predictor] = load_predi
                 return JSONResponse({"detail": f"waited {settings.request_timeout:g}s for the model"}, status_code=504)
             waited = time.perf_counter() - queued
             metrics.queue_depth.set(max(state.pending - 1, 0))
+            remaining = settings.request_timeout - waited
+            if (state.last_seconds is not None and remaining < state.last_seconds) or await request.is_disconnected():
+                # It could not finish in time (or nobody waits for it): do not hold the model for it.
+                gate.release()
+                return JSONResponse({"detail": f"would not finish within {settings.request_timeout:g}s: "
+                                               f"{remaining:.0f}s left, inference takes about "
+                                               f"{state.last_seconds:.0f}s"}, status_code=504)
             metrics.in_flight.set(1)
             future = loop.run_in_executor(worker, state.predictor.predict, body)
 

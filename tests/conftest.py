@@ -179,7 +179,8 @@ def run_builder(args: list[str], env: dict[str, str], timeout: float = 900) -> s
                           timeout=timeout, cwd=ROOT)
 
 
-def push_fake_image(registry: str, name: str, tag: str, version: str, created: str, payload: bytes = b"") -> str:
+def push_fake_image(registry: str, name: str, tag: str, version: str, created: str, payload: bytes = b"",
+                    labels: dict[str, str] | None = None) -> str:
     """Push a small but real image (one layer, a config with builder's labels) straight through the
     registry API; return its manifest digest. For lifecycle tests that need many versions fast."""
     import gzip
@@ -199,7 +200,9 @@ def push_fake_image(registry: str, name: str, tag: str, version: str, created: s
     layer = gzip.compress(raw.getvalue(), mtime=0)
     config = _json.dumps({
         "architecture": "amd64", "os": "linux", "created": created,
-        "config": {"Labels": {"io.builder.manifest.name": name, "io.builder.manifest.version": version}},
+        "config": {"Labels": {"io.builder.manifest.name": name, "io.builder.manifest.version": version,
+                              "io.builder.profile": "hf-diffusers-standard", "io.builder.locked": "true",
+                              **(labels or {})}},
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()]},
         "history": [{"created": created, "created_by": "test"}],
     }).encode()

@@ -98,6 +98,16 @@ def test_a_malformed_registry_is_bad_input() -> None:
     assert "--registry 'Not A Registry': expected HOST[:PORT][/NAMESPACE]" in _one_error_line(result)
 
 
+def test_an_unreachable_registry_fails_before_building(tmp_path: Path) -> None:
+    result = run_builder(["build", "demo", "--registry", "127.0.0.1:9"],
+                         _env(DOCKER_HOST="unix:///nonexistent.sock", BUILDER_LEDGER=str(tmp_path / "l.sqlite3")))
+    assert result.returncode == 1
+    assert "cannot reach the registry at http://127.0.0.1:9" in _one_error_line(result)
+    from builder.ledger import Ledger
+
+    assert Ledger(tmp_path / "l.sqlite3").history("demo") == []  # no build row was even started
+
+
 def test_no_docker_engine_is_one_line_exit_1() -> None:
     result = run_builder(["build", "demo", "--no-push"], _env(DOCKER_HOST="unix:///nonexistent.sock"))
     assert result.returncode == 1

@@ -440,3 +440,21 @@ def test_progress_reports_bytes_per_second(big_repo, hub, cache, config, tmp_pat
     progress = [line for line in result.stdout.splitlines() if line.startswith("progress: ")]
     assert progress and "/s now" in progress[0] and "/s average" in progress[0]
     assert "fetched big.bin from builder-test/big@" in result.stdout
+
+
+def test_ranges_of_one_file_reuse_one_connection(big_repo, hub, cache, tmp_path) -> None:
+    _, plan = big_repo
+    config = fetch_config(tmp_path, ("local", hub.url), parts=1)
+    result = run_fetch(plan, tmp_path / "e", cache, config, tmp_path)
+    assert result.returncode == 0, result.stderr
+    big = gets(hub, "big.bin")
+    assert len(big) == BIG_SIZE // (8 * 1024 * 1024)
+    assert len({r.peer for r in big}) == 1, "every range opened a new connection"
+
+
+def test_an_unreadable_retry_after_backs_off_as_usual() -> None:
+    from builder.fetch import _retry_after
+
+    assert _retry_after("2") == 2.0
+    assert _retry_after("soon") is None
+    assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: no wait

@@ -241,3 +241,79 @@ def test_prune_keeps_young_versions(lifecycle) -> None:
     proc = cli(lifecycle, "prune", lifecycle["name"], "--keep", "0", "--older-than", "30", "--yes")
     assert proc.returncode == 0 and "deleted 0 versions" in proc.stdout
     assert {"2.0.0", "2.1.0", "2.2.0"} <= set(lifecycle["client"].tags(lifecycle["name"]))
+
+
+# -- what a review found ----------------------------------------------------------------------------
+def test_a_ready_old_worker_is_not_taken_for_the_new_image(lifecycle, runpod_env) -> None:
+    old, new = version(lifecycle, "1.0.0"), version(lifecycle, "1.1.0")
+    repo = f"{lifecycle['registry']}/{lifecycle['name']}"
+    runpod_env.add_endpoint("ep", f"{repo}@{old}")
+    runpod_env.state.linger_polls = 3  # the old worker keeps answering "ready" for three polls
+    proc = cli(lifecycle, "deploy", lifecycle["name"], "1.1.0", "--target", "endpoint:ep", "--poll", "0.05",
+               extra=runpod_env.env())
+    assert proc.returncode == 0, proc.stderr
+    waits = [line for line in proc.stderr.splitlines() if "waiting for endpoint ep" in line]
+    assert len(waits) >= 3 + 2  # through the lingering polls, then the new worker starting
+
+
+def test_failing_health_polls_are_retried_then_a_failed_deploy_switches_back(lifecycle, runpod_env) -> None:
+    old, new = version(lifecycle, "1.0.0"), version(lifecycle, "1.1.0")
+    repo = f"{lifecycle['registry']}/{lifecycle['name']}"
+    runpod_env.add_endpoint("ep", f"{repo}@{old}")
+    runpod_env.state.failing_health_polls = 2  # two 500s: tolerated
+    ok = cli(lifecycle, "deploy", lifecycle["name"], "1.1.0", "--target", "endpoint:ep", "--poll", "0.05",
+             extra=runpod_env.env())
+    assert ok.returncode == 0, ok.stderr
+    assert "health check failed" in ok.stderr
+    runpod_env.state.failing_health_polls = 50  # RunPod keeps failing: give up, and put the old image back
+    broken = version(lifecycle, "1.2.0")
+    proc = cli(lifecycle, "deploy", lifecycle["name"], "1.2.0", "--target", "endpoint:ep", "--poll", "0.05",
+               extra=runpod_env.env())
+    line = error_line(proc)
+    assert proc.returncode == 1 and "to read the health of endpoint ep" in line
+    assert "the endpoint is back on template" in line and "recorded as failed" in line
+    assert runpod_env.image_of("ep") == f"{repo}@{new}"
+    deploys = [e for e in json.loads(cli(lifecycle, "history", lifecycle["name"], "--json").stdout) if e["event"] == "deploy"]
+    assert [(d["outcome"], d["digest"]) for d in deploys] == [("healthy", new), ("failed", broken)]
+
+
+def test_the_new_template_keeps_the_old_ones_environment_and_registry_credentials(lifecycle, runpod_env) -> None:
+    old, new = version(lifecycle, "1.0.0"), version(lifecycle, "1.1.0")
+    repo = f"{lifecycle['registry']}/{lifecycle['name']}"
+    runpod_env.add_endpoint("ep", f"{repo}@{old}", env={"BUILDER_MAX_QUEUE": "2"}, registry_auth="auth-7")
+    assert cli(lifecycle, "deploy", lifecycle["name"], "1.1.0", "--target", "endpoint:ep", "--poll", "0.05",
+               extra=runpod_env.env()).returncode == 0
+    template = runpod_env.state.templates[runpod_env.state.endpoints["ep"].template_id]
+    assert {"key": "BUILDER_MAX_QUEUE", "value": "2"} in template["env"]
+    assert template["containerRegistryAuthId"] == "auth-7" and template["imageName"] == f"{repo}@{new}"
+
+
+def test_a_second_rollback_goes_further_back_not_forward(lifecycle, runpod_env) -> None:
+    set_approval(lifecycle, APPROVAL)
+    a, b, c = (version(lifecycle, v) for v in ("1.0.0", "1.1.0", "1.2.0"))
+    for v in ("1.0.0", "1.1.0", "1.2.0"):
+        assert cli(lifecycle, "promote", lifecycle["name"], v, "--to", "production").returncode == 0
+    repo = f"{lifecycle['registry']}/{lifecycle['name']}"
+    runpod_env.add_endpoint("ep", f"{repo}@{c}")
+    for expected in (b, a):
+        proc = cli(lifecycle, "rollback", lifecycle["name"], "--target", "endpoint:ep", "--poll", "0.05",
+                   extra=runpod_env.env())
+        assert proc.returncode == 0, proc.stderr
+        assert runpod_env.image_of("ep") == f"{repo}@{expected}"
+    last = cli(lifecycle, "rollback", lifecycle["name"], "--target", "endpoint:ep", extra=runpod_env.env())
+    assert last.returncode == 1 and "nothing earlier to roll back to" in error_line(last)
+
+
+def test_an_experimental_image_is_never_promoted(lifecycle) -> None:
+    digest = push_fake_image(lifecycle["registry"], lifecycle["name"], "0.9.0", "0.9.0", "2026-11-01T00:00:00Z",
+                             labels={"io.builder.profile": "experimental", "io.builder.locked": "false"})
+    lifecycle["client"].record_smoke(lifecycle["name"], digest, {"passed": True})
+    proc = cli(lifecycle, "promote", lifecycle["name"], "0.9.0", "--to", "staging")
+    assert proc.returncode == 2
+    assert "was built from an experimental or unlocked manifest" in error_line(proc)
+
+
+def test_tags_follow_pagination(lifecycle) -> None:
+    for i in range(5):
+        version(lifecycle, f"3.{i}.0", smoke=False)
+    assert lifecycle["client"].tags(lifecycle["name"], page_size=2) == sorted(f"3.{i}.0" for i in range(5))

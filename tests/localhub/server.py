@@ -124,6 +124,7 @@ class LoggedRequest:
     range: str | None
     sent: int = 0  # body bytes written
     fault: str | None = None
+    peer: int = 0  # the client's port: one per TCP connection
 
 
 @dataclass
@@ -191,7 +192,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Log the request as soon as its answer starts (the body's byte count follows), so a
         client that has read everything never sees the log lag behind."""
         entry = LoggedRequest(self.origin, self.command, self.path, status, self._token(), self.headers.get("Range"),
-                              sent, fault.kind if fault else None)
+                              sent, fault.kind if fault else None, self.client_address[1])
         with self.state.lock:
             self.state.log.append(entry)
         return entry

@@ -120,12 +120,15 @@ class EndpointState:
     name: str
     template_id: str
     polls_since_switch: int = 0
+    old_workers: int = 0  # polls after a switch during which the old ready worker is still reported
 
 
 @dataclass
 class RunPodState:
     api_key: str
     ready_after: int = 2
+    linger_polls: int = 0  # after a switch, the old worker still shows as ready for this many polls
+    failing_health_polls: int = 0  # the next N health requests answer 500
     broken_images: set[str] = field(default_factory=set)
     templates: dict[str, dict[str, Any]] = field(default_factory=dict)
     endpoints: dict[str, EndpointState] = field(default_factory=dict)
@@ -155,7 +158,8 @@ class RunPodState:
                     "dockerArgs": data.get("dockerArgs", ""), "containerDiskInGb": data.get("containerDiskInGb", 10),
                     "volumeInGb": data.get("volumeInGb", 0), "volumeMountPath": data.get("volumeMountPath"),
                     "ports": data.get("ports", ""), "env": data.get("env") or [],
-                    "isServerless": data.get("isServerless", False)}
+                    "isServerless": data.get("isServerless", False),
+                    "containerRegistryAuthId": data.get("containerRegistryAuthId") or None}
         self.templates[template_id] = template
         return template
 
@@ -166,15 +170,20 @@ class RunPodState:
         if template_id not in self.templates:
             raise GraphQLError(f"Template {template_id} not found")
         endpoint.template_id, endpoint.polls_since_switch = template_id, 0
+        endpoint.old_workers = self.linger_polls
         return self._endpoint(endpoint)
 
     def health(self, endpoint_id: str) -> dict[str, Any] | None:
         endpoint = self.endpoints.get(endpoint_id)
         if endpoint is None:
             return None
-        endpoint.polls_since_switch += 1
         image = self.templates[endpoint.template_id]["imageName"]
         workers = {"idle": 0, "initializing": 0, "ready": 0, "running": 0, "throttled": 0, "unhealthy": 0}
+        if endpoint.old_workers > 0:  # RunPod replaces workers gradually: the old one still serves
+            endpoint.old_workers -= 1
+            workers["ready"] = workers["idle"] = 1
+            return {"jobs": {}, "workers": workers}
+        endpoint.polls_since_switch += 1
         if image in self.broken_images:
             workers["unhealthy"] = 1
         elif endpoint.polls_since_switch <= self.ready_after:
@@ -238,6 +247,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return
         with self.state.lock:
+            if self.state.failing_health_polls > 0:
+                self.state.failing_health_polls -= 1
+                self._send(500, {"error": "internal error"})
+                return
             health = self.state.health(match.group(1))
         if health is None:
             self._send(404, {"error": f"endpoint {match.group(1)} not found"})
@@ -262,9 +275,13 @@ class RunPodStandIn:
         return {"RUNPOD_API_BASE_URL": self.url, "RUNPOD_ENDPOINT_BASE_URL": f"{self.url}/v2",
                 "RUNPOD_API_KEY": self.state.api_key}
 
-    def add_endpoint(self, endpoint_id: str, image: str) -> str:
+    def add_endpoint(self, endpoint_id: str, image: str, env: dict[str, str] | None = None,
+                     registry_auth: str | None = None) -> str:
         with self.state.lock:
-            template = self.state.save_template({"name": f"{endpoint_id}-initial", "imageName": image})
+            template = self.state.save_template({
+                "name": f"{endpoint_id}-initial", "imageName": image,
+                "env": [{"key": k, "value": v} for k, v in (env or {}).items()],
+                "containerRegistryAuthId": registry_auth})
             self.state.endpoints[endpoint_id] = EndpointState(endpoint_id, endpoint_id, template["id"],
                                                               polls_since_switch=10**6)
         return template["id"]

@@ -67,7 +67,8 @@ def _child(kind: str, spec_path: Path) -> None:
                     return self.name
 
             fetch.hashlib = type("shim", (), {"sha256": _NoHash, "sha1": hashlib.sha1})  # type: ignore[assignment]
-        config = fetch.FetchConfig(mirrors=(fetch.Mirror("local", spec["url"]),), progress_seconds=3600)
+        config = fetch.FetchConfig(mirrors=(fetch.Mirror("local", spec["url"]),), progress_seconds=3600,
+                                   **({"chunk_bytes": spec["chunk_bytes"]} if spec.get("chunk_bytes") else {}))
         engine = fetch.FetchEngine(config, None, fetch.ContentCache(Path(spec["out"])), "bench", log=lambda line: None)
         items = [fetch.PlannedFile(REPO, "model", spec["commit"], f["path"], f["path"],
                                    None if kind == "nohash" else f["sha256"], f["size"], "small") for f in spec["files"]]
@@ -100,6 +101,12 @@ def _run_child(kind: str, spec: dict, tmp: Path) -> dict:
     return result
 
 
+def _median(rows: list[dict]) -> dict:
+    """The run with the median wall time (its other figures come with it), and every time seen."""
+    ordered = sorted(rows, key=lambda r: r["seconds"])
+    return {**ordered[(len(ordered) - 1) // 2], "all_seconds": [round(r["seconds"], 2) for r in rows]}
+
+
 def _openssl_sha256() -> str:
     try:
         out = subprocess.run(["openssl", "speed", "-seconds", "2", "-evp", "sha256"], capture_output=True, text=True,
@@ -115,6 +122,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gib", type=float, default=2.2, help="total size of the large files")
     parser.add_argument("--files", type=int, default=4, help="how many large files")
+    parser.add_argument("--chunk-mib", type=int, default=0, help="range size (default: the engine's)")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="rounds; the order of the contenders alternates between rounds (medians are reported)")
     parser.add_argument("--link-mbps", type=float, default=0,
                         help="emulate a link of this many MB/s shared by all responses (0: loopback speed)")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
@@ -144,27 +154,36 @@ def main() -> None:
         total = sum(f["size"] for f in files)
         with LocalHub(tmp / "hub", link_rate=int(args.link_mbps * 1e6) or None) as hub:
             commit = hub.serve_in_place(REPO, repo)
-            common = {"url": hub.url, "commit": commit, "files": files}
-            (tmp / "export").mkdir()
-            results = {
-                "baseline": _run_child("baseline", {**common, "out": str(tmp / "baseline")}, tmp),
-                "ours": _run_child("ours", {**common, "out": str(tmp / "cache-ours"), "export": str(tmp / "export")}, tmp),
-                "nohash": _run_child("nohash", {**common, "out": str(tmp / "cache-nohash")}, tmp),
-            }
+            common = {"url": hub.url, "commit": commit, "files": files, "chunk_bytes": args.chunk_mib * 2**20}
+            runs: dict[str, list[dict]] = {"baseline": [], "ours": [], "nohash": []}
+            order = ["baseline", "ours", "nohash"]
+            for round_ in range(args.repeat):
+                for kind in (order if round_ % 2 == 0 else order[::-1]):  # no contender always goes first
+                    out = tmp / f"out-{kind}-{round_}"
+                    spec = {**common, "out": str(out)}
+                    if kind == "ours":
+                        spec["export"] = str(tmp / f"export-{round_}")
+                        Path(spec["export"]).mkdir()
+                    runs[kind].append(_run_child(kind, spec, tmp))
+                    shutil.rmtree(out, ignore_errors=True)  # every run starts cold and the disk stays small
+                    shutil.rmtree(tmp / f"export-{round_}", ignore_errors=True)
+            results = {kind: _median(rows) for kind, rows in runs.items()}
     base, ours, nohash = (results[k]["seconds"] for k in ("baseline", "ours", "nohash"))
     gb = total / 1e9
     link = f", link emulated at {args.link_mbps:g} MB/s" if args.link_mbps else ", loopback at full speed"
     print(f"{len(files)} files, {gb:.2f} GB from the loopback Hub{link}; {os.cpu_count()} CPUs")
-    print(f"{'contender':44} {'seconds':>8} {'GB/s':>6} {'client CPU s':>13} {'peak RSS MB':>12}")
+    print(f"{'contender (median of ' + str(args.repeat) + ')':44} {'seconds':>8} {'GB/s':>6} {'client CPU s':>13} "
+          f"{'peak RSS MB':>12}  every run")
     rows = [("snapshot_download + sha256sum (baseline)", "baseline"),
             ("builder fetch: download + verify", "ours"),
             ("builder fetch: download only (no hash)", "nohash")]
     for label, key in rows:
         r = results[key]
-        print(f"{label:44} {r['seconds']:8.2f} {gb / r['seconds']:6.2f} {r['cpu_seconds']:13.1f} {r['peak_rss_mb']:12.0f}")
+        print(f"{label:44} {r['seconds']:8.2f} {gb / r['seconds']:6.2f} {r['cpu_seconds']:13.1f} {r['peak_rss_mb']:12.0f}"
+              f"  {r['all_seconds']}")
     print(f"speedup over the baseline: {base / ours:.2f}x (goal >= 1.5x)")
     print(f"verification overhead: {100 * (ours - nohash) / nohash:+.1f}% over downloading alone (goal <= 5%)")
-    print(f"export copy to the layer directory (a build's extra step): {results['ours']['export_seconds']:.2f} s")
+    print(f"export copy to the layer directory (a build's extra step): {results['ours'].get('export_seconds', 0):.2f} s")
     print(f"openssl speed -evp sha256: {_openssl_sha256()}")
 
 

@@ -57,8 +57,12 @@ def main() -> None:
             shutil.copytree(ROOT / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
         with LocalHub(tmp_path / "hub") as hub:
             hub.publish("builder-demo/tiny-sd", model)
-            env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf")}
-            env.pop("HF_TOKEN", None)
+            config = tmp_path / "builder.yaml"
+            config.write_text(json.dumps({"mirrors": [{"name": "local", "url": hub.url}]}))
+            env = {**os.environ, "BUILDER_CONFIG": str(config), "BUILDER_LEDGER": str(tmp_path / "ledger.sqlite3"),
+                   "HF_HOME": str(tmp_path / "hf")}
+            for name in ("HF_TOKEN", "HF_ENDPOINT"):
+                env.pop(name, None)
             if not args.keep_cache:
                 subprocess.run(["/usr/bin/docker", "builder", "prune", "-af"], check=True, stdout=subprocess.DEVNULL)
             rows = []

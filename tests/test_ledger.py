@@ -64,6 +64,12 @@ def test_ranking_prefers_reliable_then_fast_mirrors_with_enough_history(tmp_path
     assert ledger.mirror_ranking() == ["fast", "slow", "flaky"]
 
 
+def _run_at_once(script: str, path: Path, names: tuple[str, ...]) -> None:
+    """Run `script` in one process per name, all at once, against the ledger at `path`."""
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(path), name], cwd=ROOT) for name in names]
+    assert [p.wait(timeout=120) for p in procs] == [0] * len(names)
+
+
 def test_two_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite3"
     Ledger(path).close()
@@ -73,8 +79,7 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
         "for i in range(200):\n"
         "    ledger.record_attempts([Attempt('m', 'r/r', 'a' * 40, f'{sys.argv[2]}-{i}', sys.argv[2], i, 0.1, 'ok')])\n"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(path), name], cwd=ROOT) for name in ("one", "two")]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    _run_at_once(script, path, ("one", "two"))
     rows = Ledger(path).attempts()
     assert len(rows) == 400
     assert {r.path for r in rows} == {f"{n}-{i}" for n in ("one", "two") for i in range(200)}
@@ -100,8 +105,7 @@ def test_two_builds_at_once_record_everything(tmp_path: Path) -> None:
         "    ledger.record_push(build, 'r/m', f'1.{i}', 'sha256:d' + build, 'pushed')\n"
         "    ledger.finish_build(build, 'pushed', image_id='sha256:img' + build, digest='sha256:d' + build)\n"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(path), name], cwd=ROOT) for name in ("a", "b")]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    _run_at_once(script, path, ("a", "b"))
     events = Ledger(path).history("m")
     assert len(events) == 120 and {e["status"] for e in events} == {"pushed"}
     assert all(e["smoke"]["passed"] for e in events)

@@ -154,7 +154,7 @@ class Source(_Strict):
     repo_id: Annotated[str, AfterValidator(_matching(_REPO_ID, "a repository id such as black-forest-labs/FLUX.1-dev"))] = Field(
         description="Repository id on the Hub: namespace/name."
     )
-    repo_type: Literal["model", "dataset"] = Field(default="model", description="Kind of Hub repository.")
+    repo_type: Literal["model", "dataset", "space"] = Field(default="model", description="Kind of Hub repository.")
     revision: Annotated[str, AfterValidator(_matching(_REF, "a 40-hex commit id (or, before locking, a branch or tag)"))] = Field(
         description="The commit to fetch: 40 lowercase hex characters. A branch or tag is allowed only until `builder lock` resolves it."
     )
@@ -195,6 +195,10 @@ class Source(_Strict):
         return str(PurePosixPath(self.target, artifact.path)) if self.target else artifact.path
 
 
+Scalar = Union[bool, int, float, str, tuple[str, ...]]
+_SCALAR_BRANCHES = {"bool", "int", "float", "str", "tuple[str, ...]"}
+
+
 class Entrypoint(_Strict):
     """How the server loads the model."""
 
@@ -208,6 +212,10 @@ class Entrypoint(_Strict):
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         default="float32", description="Weights dtype on the GPU; the CPU falls back to float32 for float16."
     )
+    options: dict[Annotated[str, AfterValidator(_matching(_IDENT, "an option name (a Python identifier)"))], Scalar] = Field(
+        default_factory=dict,
+        description="For the custom loader: named settings it reads (component folders, face-analysis backend...).",
+    )
 
     @model_validator(mode="after")
     def _loader_fields(self) -> "Entrypoint":
@@ -215,6 +223,8 @@ class Entrypoint(_Strict):
             raise ValueError(f"loader {self.loader} needs class_name")
         if self.loader == "custom" and self.function is None:
             raise ValueError("loader custom needs function (module:function)")
+        if self.options and self.loader != "custom":
+            raise ValueError(f"options are read only by the custom loader, not by {self.loader}")
         return self
 
 
@@ -255,25 +265,50 @@ class EmbeddingExpectation(_Strict):
     dim: int | None = Field(default=None, ge=1, description="Expected vector length, when known.")
 
 
-Scalar = Union[bool, int, float, str, tuple[str, ...]]
-_SCALAR_BRANCHES = {"bool", "int", "float", "str", "tuple[str, ...]"}
+class AudioExpectation(_Strict):
+    kind: Literal["audio"] = Field(description="The output is a waveform.")
+    sample_rate: int = Field(ge=8000, le=192000, description="The model's output sample rate in Hz.")
+    min_seconds: float = Field(gt=0, description="Shortest plausible length of the smoke's speech.")
+    max_seconds: float = Field(gt=0, description="Longest plausible length of the smoke's speech.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "AudioExpectation":
+        if self.min_seconds > self.max_seconds:
+            raise ValueError("min_seconds is more than max_seconds")
+        return self
+
+
+class VideoExpectation(_Strict):
+    kind: Literal["video"] = Field(description="The output is a sequence of frames.")
+    frames: int = Field(ge=1, description="Frame count the smoke's inputs must give (audio length x fps).")
+    width: int = Field(ge=8, le=8192, description="Expected frame width in pixels.")
+    height: int = Field(ge=8, le=8192, description="Expected frame height in pixels.")
 
 
 class SmokeTest(_Strict):
     """The inference run inside the built image that gates the push."""
 
     inputs: dict[str, Scalar] = Field(description="Request fields for the predict route (prompt, steps, seed; inputs for embeddings).")
+    files: dict[Annotated[str, AfterValidator(_matching(_IDENT, "a request field name"))], RelPath] = Field(
+        default_factory=dict,
+        description="Request fields filled with a file's bytes, base64-encoded: paths under the project's server/ folder "
+                    "(shipped in the image), e.g. assets/smoke/face.jpg.",
+    )
     max_seconds: float = Field(gt=0, description="Most seconds the inference may take.")
     load_timeout_seconds: float = Field(default=600, gt=0, description="Most seconds loading the model may take.")
-    expect: Annotated[Union[ImageExpectation, TextExpectation, EmbeddingExpectation], Field(discriminator="kind")] = Field(
+    expect: Annotated[Union[ImageExpectation, TextExpectation, EmbeddingExpectation, AudioExpectation, VideoExpectation],
+                      Field(discriminator="kind")] = Field(
         description="What a real output looks like."
     )
 
 
-Task = Literal["text-to-image", "image-to-image", "text-generation", "feature-extraction", "text-to-speech", "lip-sync"]
-_OUTPUT_OF_TASK = {"text-to-image": "image", "image-to-image": "image", "text-generation": "text",
-                   "feature-extraction": "embedding"}
+Task = Literal["text-to-image", "identity-to-image", "text-generation", "feature-extraction", "text-to-speech", "lip-sync"]
+_OUTPUT_OF_TASK = {"text-to-image": "image", "identity-to-image": "image", "text-generation": "text",
+                   "feature-extraction": "embedding", "text-to-speech": "audio", "lip-sync": "video"}
 _LOADER_OF_PROFILE = {"hf-diffusers-standard": "diffusers", "hf-transformers-standard": "transformers", "custom-local": "custom"}
+
+
+_OMITTED_WHEN_EMPTY = (("entrypoint", "options"), ("smoke_test", "files"))
 
 
 class Manifest(_Strict):
@@ -331,7 +366,13 @@ class Manifest(_Strict):
         return items
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        document = self.model_dump(mode="json")
+        # Fields added after manifests were first digested are left out while empty, so a manifest
+        # that does not use them keeps its digest (and its images are not rebuilt for nothing).
+        for section, key in _OMITTED_WHEN_EMPTY:
+            if not document[section][key]:
+                del document[section][key]
+        return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
     @property
     def digest(self) -> str:
@@ -368,7 +409,9 @@ def _loc_text(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in ("image", "text", "embedding") and text.endswith("expect"):
+        elif part == "[key]":
+            continue  # a mapping's key failed: the key itself is already in the path
+        elif part in ("image", "text", "embedding", "audio", "video") and text.endswith("expect"):
             continue  # the discriminator's branch name is noise to the user
         else:
             text += ("." if text else "") + str(part)

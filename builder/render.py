@@ -262,6 +262,9 @@ def _copy_python_tree(source: Path, dest: Path) -> None:
 
 def write_context(manifest: Manifest, manifest_path: str, options: RenderOptions, project: Project, dest: Path) -> Path:
     """Write the whole build context into dest (which must be empty or absent)."""
+    for field, path in manifest.smoke_test.files.items():
+        if not (project.server_dir / path).is_file():
+            raise ManifestError(f"{manifest_path}: smoke_test.files.{field}: no file {path} under {project.server_dir}")
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
         raise InputError(f"{dest}: the context directory must be empty")

@@ -29,21 +29,35 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from server.encode import png_bytes
-from server.loaders import EmbeddingOutput, ImageOutput, LoadError, Predictor, TextOutput, load_predictor
+from server.loaders import (
+    AudioOutput,
+    EmbeddingOutput,
+    ImageOutput,
+    InputError,
+    LoadError,
+    Predictor,
+    TextOutput,
+    VideoOutput,
+    load_predictor,
+)
+from server.media import encode_mp4, encode_wav
 from server.metrics import Metrics
 from server.schemas import (
     REQUEST_OF_TASK,
     RESPONSE_OF_TASK,
     EmbeddingResponse,
+    LipSyncResponse,
     TextGenerationResponse,
     TextToImageRequest,
     TextToImageResponse,
+    TextToSpeechResponse,
     Timings,
 )
 from server.settings import Settings
 from server.spec import ModelSpec
 
-PACKAGES = ("torch", "diffusers", "transformers", "huggingface_hub", "safetensors", "accelerate", "fastapi", "uvicorn")
+PACKAGES = ("torch", "diffusers", "transformers", "huggingface_hub", "safetensors", "accelerate", "fastapi", "uvicorn",
+            "coqui-tts", "torchaudio", "opencv-python-headless", "insightface", "onnxruntime", "av")
 
 
 @dataclass
@@ -80,6 +94,20 @@ def _respond(output: Any, waited: float, request: Request) -> Any:
         return TextGenerationResponse(text=output.text, tokens=output.tokens, seed=output.seed, timings=timings)
     if isinstance(output, EmbeddingOutput):
         return EmbeddingResponse(embeddings=output.vectors.tolist(), dim=int(output.vectors.shape[1]), timings=timings)
+    if isinstance(output, AudioOutput):
+        wav = encode_wav(output.samples, output.sample_rate)
+        if "audio/wav" in request.headers.get("accept", ""):
+            return Response(wav, media_type="audio/wav", headers={"X-Seed": str(output.seed)})
+        return TextToSpeechResponse(audio=base64.b64encode(wav).decode(), sample_rate=output.sample_rate,
+                                    seconds=round(output.samples.size / output.sample_rate, 3), seed=output.seed,
+                                    timings=timings)
+    if isinstance(output, VideoOutput):
+        mp4 = encode_mp4(output.frames, output.fps, output.audio)
+        if "video/mp4" in request.headers.get("accept", ""):
+            return Response(mp4, media_type="video/mp4")
+        count, height, width = output.frames.shape[:3]
+        return LipSyncResponse(video=base64.b64encode(mp4).decode(), frames=count, width=width, height=height,
+                               fps=output.fps, timings=timings)
     raise TypeError(f"the predictor returned a {type(output).__name__}")
 
 
@@ -205,6 +233,8 @@ def create_app(settings: Settings, loader: Callable[..., Predictor] = load_predi
             except asyncio.TimeoutError:
                 return JSONResponse({"detail": f"inference took longer than {settings.request_timeout:g}s"},
                                     status_code=504)
+            except InputError as exc:  # the input was unusable (no face, a broken file): the client's to fix
+                return JSONResponse({"detail": str(exc)}, status_code=422)
             except Exception as exc:  # noqa: BLE001 - the model failed this request; the server lives on
                 return JSONResponse({"detail": f"inference failed: {type(exc).__name__}: {exc}"}, status_code=500)
         finally:
@@ -212,7 +242,7 @@ def create_app(settings: Settings, loader: Callable[..., Predictor] = load_predi
             metrics.queue_depth.set(max(state.pending - 1, 0))
         state.last_seconds = output.inference_seconds
         metrics.inference.observe(output.inference_seconds)
-        return _respond(output, waited, request)
+        return await asyncio.to_thread(_respond, output, waited, request)  # MP4 encoding takes a while
 
     app.state.model = state
     app.state.metrics = metrics

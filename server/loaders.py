@@ -18,11 +18,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from server.errors import InputError, LoadError
 from server.spec import ModelSpec
 
-
-class LoadError(Exception):
-    """The model cannot be loaded; the message says why (shown by /ready and the smoke)."""
+__all__ = ["AudioOutput", "EmbeddingOutput", "ImageOutput", "InputError", "LoadError", "Predictor", "TextOutput",
+           "VideoOutput", "load_predictor"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,22 @@ class TextOutput:
 @dataclass(frozen=True)
 class EmbeddingOutput:
     vectors: np.ndarray  # N x D float32
+    inference_seconds: float
+
+
+@dataclass(frozen=True)
+class AudioOutput:
+    samples: np.ndarray  # mono float32 in [-1, 1], before any PCM rounding can hide a NaN
+    sample_rate: int
+    seed: int
+    inference_seconds: float
+
+
+@dataclass(frozen=True)
+class VideoOutput:
+    frames: np.ndarray  # N x H x W x 3 uint8 (a minute of 720p is 4 GB even so), or float32 in [0, 1]
+    fps: int
+    audio: tuple[np.ndarray, int] | None  # the driving audio, muxed into the MP4
     inference_seconds: float
 
 

@@ -73,13 +73,66 @@ class EmbeddingResponse(BaseModel):
     timings: Timings
 
 
+# Files travel base64-encoded in JSON; ~28 MB of text is about 20 MB of file.
+MAX_FILE_CHARS = 28_000_000
+
+
+class IdentityToImageRequest(TextToImageRequest):
+    face_image: str = Field(min_length=1, max_length=MAX_FILE_CHARS,
+                            description="The face to keep: a PNG, JPEG or WebP holding one clearly visible face, base64.")
+    identity_strength: float = Field(default=0.8, ge=0.0, le=1.5,
+                                     description="How strongly the face's identity steers the image (IP-Adapter scale).")
+    pose_strength: float = Field(default=0.8, ge=0.0, le=1.5,
+                                 description="How strongly the face's landmarks fix its pose (ControlNet scale).")
+
+
+class TextToSpeechRequest(_Request):
+    text: str = Field(min_length=1, max_length=2000, description="What to say.")
+    language: str = Field(default="en", min_length=2, max_length=8, pattern=r"^[a-z]{2}(-[a-z]{2})?$",
+                          description="Language code of the text, one the model lists (en, de, fr, zh-cn...).")
+    speaker_wav: str = Field(min_length=1, max_length=MAX_FILE_CHARS,
+                             description="A clip of the voice to speak with: PCM WAV, 2 to 30 seconds, base64.")
+    temperature: float = Field(default=0.75, gt=0.0, le=2.0, description="Sampling temperature.")
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="Seed; random when absent.")
+
+
+class TextToSpeechResponse(BaseModel):
+    audio: str = Field(description="16-bit PCM WAV, base64-encoded.")
+    sample_rate: int
+    seconds: float
+    seed: int
+    timings: Timings
+
+
+class LipSyncRequest(_Request):
+    reference: str = Field(min_length=1, max_length=MAX_FILE_CHARS,
+                           description="The face to animate: an image, or a video whose frames are reused in turn, base64.")
+    audio: str = Field(min_length=1, max_length=MAX_FILE_CHARS, description="The speech to lip-sync: PCM WAV, base64.")
+    fps: int = Field(default=25, ge=1, le=60, description="Output frames per second.")
+
+
+class LipSyncResponse(BaseModel):
+    video: str = Field(description="H.264 MP4 with the audio, base64-encoded.")
+    frames: int
+    width: int
+    height: int
+    fps: int
+    timings: Timings
+
+
 REQUEST_OF_TASK: dict[str, type[_Request]] = {
     "text-to-image": TextToImageRequest,
+    "identity-to-image": IdentityToImageRequest,
     "text-generation": TextGenerationRequest,
     "feature-extraction": EmbeddingRequest,
+    "text-to-speech": TextToSpeechRequest,
+    "lip-sync": LipSyncRequest,
 }
 RESPONSE_OF_TASK: dict[str, type[BaseModel]] = {
     "text-to-image": TextToImageResponse,
+    "identity-to-image": TextToImageResponse,
     "text-generation": TextGenerationResponse,
     "feature-extraction": EmbeddingResponse,
+    "text-to-speech": TextToSpeechResponse,
+    "lip-sync": LipSyncResponse,
 }

@@ -6,18 +6,21 @@ code path as /v1/predict, check the output is real, print one JSON line, exit 0 
 
 from __future__ import annotations
 
+import base64
 import json
 import resource
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from server.checks import output_problem
 from server.encode import png_bytes
-from server.loaders import ImageOutput, LoadError, load_predictor
+from server.loaders import AudioOutput, ImageOutput, InputError, LoadError, VideoOutput, load_predictor
+from server.media import encode_mp4, encode_wav
 from server.schemas import REQUEST_OF_TASK
 from server.settings import Settings
 from server.spec import ModelSpec
@@ -48,6 +51,14 @@ def _within(seconds: float, work, *args):
     return not thread.is_alive(), box.get("result"), box.get("error")
 
 
+ASSETS_ROOT = Path(__file__).resolve().parent  # smoke_test.files are paths under server/
+
+
+def smoke_files(files: dict[str, str]) -> dict[str, str]:
+    """The smoke's file inputs, read from the server folder shipped in the image, base64-encoded."""
+    return {field: base64.b64encode((ASSETS_ROOT / path).read_bytes()).decode() for field, path in files.items()}
+
+
 def run_smoke(settings: Settings) -> dict[str, Any]:
     result: dict[str, Any] = {"passed": False, "reason": None, "load_seconds": None,
                               "inference_seconds": None, "device": None}
@@ -62,7 +73,10 @@ def run_smoke(settings: Settings) -> dict[str, Any]:
         result["reason"] = f"no smoke test for task {spec.task} in this server version"
         return result
     try:
-        request = request_model.model_validate(smoke["inputs"])
+        request = request_model.model_validate({**smoke["inputs"], **smoke_files(smoke.get("files") or {})})
+    except OSError as exc:
+        result["reason"] = f"smoke_test.files: {exc}"
+        return result
     except ValidationError as exc:
         first = exc.errors()[0]
         result["reason"] = f"smoke_test.inputs.{'.'.join(map(str, first['loc']))}: {first['msg']}"
@@ -89,6 +103,9 @@ def run_smoke(settings: Settings) -> dict[str, Any]:
     if not done:
         result["reason"] = f"inference took longer than max_seconds={max_seconds:g}"
         return result
+    if isinstance(error, InputError):
+        result["reason"] = f"the smoke's input was refused: {error}"
+        return result
     if error is not None:
         result["reason"] = f"inference failed: {type(error).__name__}: {error}"
         return result
@@ -98,6 +115,12 @@ def run_smoke(settings: Settings) -> dict[str, Any]:
     problem = output_problem(output, smoke["expect"], request)
     if problem is None and isinstance(output, ImageOutput):
         result["png_bytes"] = len(png_bytes(output.pixels))  # the route's encoding works too
+    if problem is None and isinstance(output, AudioOutput):
+        result["wav_bytes"] = len(encode_wav(output.samples, output.sample_rate))
+        result["audio_seconds"] = round(output.samples.size / output.sample_rate, 3)
+    if problem is None and isinstance(output, VideoOutput):
+        result["mp4_bytes"] = len(encode_mp4(output.frames, output.fps, output.audio))
+        result["frames"] = int(output.frames.shape[0])
     result["reason"] = problem
     result["passed"] = problem is None
     return result

@@ -6,7 +6,7 @@ only the fields below and depends on nothing of the builder."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ class ModelSpec:
     sources: tuple[dict[str, Any], ...]
     smoke: dict[str, Any]
     manifest_digest: str
+    options: dict[str, Any] = field(default_factory=dict)  # the custom loader's entrypoint.options
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> "ModelSpec":
@@ -55,6 +56,7 @@ class ModelSpec:
             sources=tuple({"repo_id": s["repo_id"], "revision": s["revision"]} for s in doc["sources"]),
             smoke=doc["smoke_test"],
             manifest_digest=doc.get("manifest_digest", ""),
+            options=dict(entry.get("options") or {}),
         )
 
     @classmethod

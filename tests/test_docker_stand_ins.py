@@ -1,5 +1,6 @@
 """Every stand-in builds on the local CPU base (--base-image) into an image whose smoke passes:
-FluxPipeline, ZImagePipeline, a transformers causal LM and a transformers encoder."""
+FluxPipeline, ZImagePipeline, a transformers causal LM and a transformers encoder, and the
+custom-local InstantID and MuseTalk loaders (their smoke reads files shipped under server/)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_ready")]
     ("tiny-z-image", "bfloat16", "png_bytes"),
     ("tiny-qwen3", "bfloat16", None),
     ("tiny-bert", "float32", None),
+    ("tiny-instantid", "float32", "png_bytes"),  # float16 on the GPU; the CPU falls back to float32
+    ("tiny-musetalk", "float32", "mp4_bytes"),
 ])
 def test_stand_in_builds_and_passes_its_smoke_on_cpu(name: str, device_dtype: str, output: str | None,
                                                      isolated_env: dict) -> None:

@@ -94,6 +94,10 @@ def test_demo_is_locked_and_its_digest_is_stable(demo_manifest_data: dict) -> No
         ("sources[0].artifacts", [], "sources[0]: list artifacts, or include patterns for `builder lock` to expand"),
         ("name", _DELETE, "name: required field is missing"),
         ("smoke_test.expect", {"kind": "text"}, "task text-to-image produces image"),
+        ("entrypoint.options", {"face_analysis": "insightface"}, "entrypoint: options are read only by the custom loader"),
+        ("smoke_test.files", {"face_image": "../outside.jpg"}, "smoke_test.files.face_image: must stay inside"),
+        ("smoke_test.files", {"not-a-field": "assets/x.jpg"}, "smoke_test.files.not-a-field: expected a request field name"),
+        ("sources[0].repo_type", "collection", "sources[0].repo_type: expected one of"),
     ],
 )
 def test_each_rule_names_the_field(demo_manifest_data: dict, path: str, value, expected: str) -> None:
@@ -184,3 +188,17 @@ def test_every_schema_field_has_a_description() -> None:
             if "description" not in spec:
                 missing.append(f"{name}.{field}")
     assert missing == []
+
+
+@pytest.mark.parametrize(("task", "expect", "message"), [
+    ("text-to-speech", {"kind": "image", "width": 64, "height": 64}, "task text-to-speech produces audio"),
+    ("lip-sync", {"kind": "audio", "sample_rate": 24000, "min_seconds": 1, "max_seconds": 2}, "task lip-sync produces video"),
+    ("identity-to-image", {"kind": "video", "frames": 3, "width": 64, "height": 64}, "task identity-to-image produces image"),
+    ("text-to-speech", {"kind": "audio", "sample_rate": 24000, "min_seconds": 3, "max_seconds": 2},
+     "smoke_test.expect: min_seconds is more than max_seconds"),
+    ("text-to-speech", {"kind": "audio", "sample_rate": 100, "min_seconds": 1, "max_seconds": 2},
+     "smoke_test.expect.sample_rate: Input should be greater than or equal to 8000"),
+])
+def test_the_custom_tasks_expect_their_kind_of_output(demo_manifest_data: dict, task: str, expect: dict, message: str) -> None:
+    data = with_change(with_change(demo_manifest_data, "task", task), "smoke_test.expect", expect)
+    assert message in problem_of(data)

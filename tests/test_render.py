@@ -15,8 +15,8 @@ import jinja2
 import pytest
 import yaml
 
-from builder.errors import InputError
-from builder.manifest import Manifest, parse_manifest
+from builder.errors import InputError, ManifestError
+from builder.manifest import Manifest, load_manifest, parse_manifest
 from builder.render import (
     RenderOptions,
     _environment,
@@ -191,3 +191,16 @@ def test_golden_multi_source_manifest_is_valid() -> None:
     data = yaml.safe_load((GOLDEN / "multi-source.yaml").read_text())
     manifest = Manifest.model_validate(data)
     assert len(manifest.sources) == 2 and manifest.profile == "custom-local"
+
+
+def test_smoke_files_must_ship_under_server(project, tmp_path: Path) -> None:
+    """A smoke input file the server folder lacks is refused before anything is built."""
+    manifest = load_manifest(project.root / "manifests" / "tiny-musetalk.yaml")
+    context = write_context(manifest, "manifests/tiny-musetalk.yaml", RenderOptions(), project, tmp_path / "ok")
+    assert (context / "server" / "assets" / "smoke" / "speech.wav").read_bytes() == \
+        (project.server_dir / "assets" / "smoke" / "speech.wav").read_bytes()
+    broken = manifest.model_copy(update={"smoke_test": manifest.smoke_test.model_copy(
+        update={"files": {"audio": "assets/smoke/missing.wav"}})})
+    with pytest.raises(ManifestError, match=r"^m: smoke_test.files.audio: no file assets/smoke/missing.wav under "):
+        write_context(broken, "m", RenderOptions(), project, tmp_path / "broken")
+    assert not (tmp_path / "broken").exists()

@@ -25,6 +25,32 @@ def test_stand_in_differs_only_in_source_and_sizes(production: str, stand_in: st
     assert load_manifest(ROOT / "manifests" / f"{stand_in}.yaml").locked
 
 
+# The custom stand-ins may also differ where the CPU cannot follow: the face analyzer (antelopev2
+# needs trained weights to find a face; the Haar cascade ships with OpenCV), the packages and
+# apt packages the local CPU base lacks, and the SDXL weights' fp16 variant.
+FACE_OPTIONS = {"face_analysis", "face_models", "face_modules", "face_projection", "variant"}
+
+
+@pytest.mark.parametrize(("production", "stand_in"), [("instantid", "tiny-instantid"), ("musetalk", "tiny-musetalk")])
+def test_custom_stand_in_differs_only_where_the_cpu_cannot_follow(production: str, stand_in: str) -> None:
+    real = yaml.safe_load((ROOT / "manifests" / f"{production}.yaml").read_text())
+    tiny = yaml.safe_load((ROOT / "manifests" / f"{stand_in}.yaml").read_text())
+    loose = ALLOWED | {"entrypoint", "runtime"}
+    assert {k: v for k, v in real.items() if k not in loose} == {k: v for k, v in tiny.items() if k not in loose}
+    strip = lambda entry: {**entry, "options": {k: v for k, v in entry["options"].items() if k not in FACE_OPTIONS}}  # noqa: E731
+    assert strip(real["entrypoint"]) == strip(tiny["entrypoint"])
+    assert real["entrypoint"]["options"]["face_analysis"] == "insightface"
+    assert tiny["entrypoint"]["options"]["face_analysis"] == "opencv-haar"
+    assert set(tiny["runtime"]["packages"]) <= set(real["runtime"]["packages"])
+    assert set(real["runtime"]["packages"]) - set(tiny["runtime"]["packages"]) == {"insightface==2.1", "onnxruntime-gpu==1.31.1"}
+    assert {k: v for k, v in real["runtime"].items() if k not in ("packages", "system_packages")} == \
+        {k: v for k, v in tiny["runtime"].items() if k not in ("packages", "system_packages")}
+    assert real["smoke_test"]["files"] == tiny["smoke_test"]["files"]
+    # the same sources, by target: each tiny repository stands in for one real one
+    assert [s.get("target", "") for s in real["sources"] if s.get("target")] == [s["target"] for s in tiny["sources"]]
+    assert load_manifest(ROOT / "manifests" / f"{stand_in}.yaml").locked
+
+
 REFERENCE = ROOT / "tests/reference/known-artifacts.yaml"
 SHARED = ROOT.parent / "shared/reference/known-artifacts.yaml"
 
@@ -38,7 +64,8 @@ def test_the_reference_copy_matches_the_shared_one_where_both_exist() -> None:
 def test_production_manifests_pin_only_what_is_known() -> None:
     """Every hash in them is one the reference lists; nothing was invented."""
     known = yaml.safe_load(REFERENCE.read_text())
-    for name, repo in (("flux", "black-forest-labs/FLUX.1-dev"), ("z-image", "Tongyi-MAI/Z-Image-Turbo")):
+    for name, repo in (("flux", "black-forest-labs/FLUX.1-dev"), ("z-image", "Tongyi-MAI/Z-Image-Turbo"),
+                       ("instantid", "InstantX/InstantID"), ("musetalk", "TMElyralab/MuseTalk")):
         manifest = load_manifest(ROOT / "manifests" / f"{name}.yaml")
         source = manifest.sources[0]
         assert source.repo_id == repo
@@ -49,3 +76,22 @@ def test_production_manifests_pin_only_what_is_known() -> None:
             assert artifact.sha256 == reference.get("sha256")
             assert artifact.size == reference.get("size")
         assert not manifest.locked  # the rest waits for `builder lock` on a machine that reaches the Hub
+
+
+def test_custom_manifests_pin_only_what_is_known() -> None:
+    """InstantID and MuseTalk: their helper sources (SDXL, the VAE, Whisper, the face models) are
+    not in the reference, so they stay unlocked (a branch, no hashes) for `builder lock`.
+    XTTS-v2: the reference knows every file the model needs, so it is fully locked."""
+    known = yaml.safe_load(REFERENCE.read_text())
+    for name in ("instantid", "musetalk"):
+        manifest = load_manifest(ROOT / "manifests" / f"{name}.yaml")
+        for source in manifest.sources[1:]:
+            assert source.repo_id not in known or source.repo_type == "space"
+            assert source.revision == "main" and source.ref == "main"
+            assert all(a.sha256 is None for a in source.artifacts)
+        assert not manifest.locked and not manifest.license.commercial_use
+    xtts = load_manifest(ROOT / "manifests" / "xtts-v2.yaml")
+    reference = known["coqui/XTTS-v2"]
+    assert xtts.locked and xtts.sources[0].revision == reference["revision"]
+    assert {a.path: {"size": a.size, "sha256": a.sha256} for a in xtts.sources[0].artifacts} == reference["files"]
+    assert not xtts.license.commercial_use and xtts.license.approval is None

@@ -16,13 +16,22 @@ from tests.localhub import scan_repo
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST_OF = {"tiny-sd": "demo", "tiny-flux": "tiny-flux", "tiny-z-image": "tiny-z-image",
-               "tiny-qwen3": "tiny-qwen3", "tiny-bert": "tiny-bert"}
+               "tiny-qwen3": "tiny-qwen3", "tiny-bert": "tiny-bert", "tiny-instantid": "tiny-instantid",
+               "tiny-sdxl": "tiny-instantid", "tiny-musetalk": "tiny-musetalk", "tiny-sd-vae": "tiny-musetalk",
+               "tiny-whisper": "tiny-musetalk"}
+
+
+def test_every_maker_has_a_manifest() -> None:
+    from tests.fixtures.tiny_models import MAKERS
+
+    assert set(MAKERS) == set(MANIFEST_OF)
 
 
 @pytest.mark.parametrize("model", sorted(MANIFEST_OF))
 def test_generated_files_match_the_manifest(model: str, tiny_models: dict[str, Path]) -> None:
     directory = tiny_models[model]
-    source = load_manifest(ROOT / "manifests" / f"{MANIFEST_OF[model]}.yaml").sources[0]
+    sources = load_manifest(ROOT / "manifests" / f"{MANIFEST_OF[model]}.yaml").sources
+    source = next(s for s in sources if s.repo_id == f"builder-demo/{model}")
     expected = {a.path: (a.sha256, a.size) for a in source.artifacts}
     actual = {
         p.relative_to(directory).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size)

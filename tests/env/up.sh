@@ -65,7 +65,7 @@ if [ ! -f "$stamp" ]; then
     "$root/.venv/bin/pip" install --upgrade pip &&
     # torch first and pinned: an unpinned torch would resolve to a CUDA build of several GB.
     "$root/.venv/bin/pip" install -c "$here/constraints.txt" torch==2.13.0 &&
-    "$root/.venv/bin/pip" install -c "$here/constraints.txt" -e "$root[dev,ml,server,deploy]"
+    "$root/.venv/bin/pip" install -c "$here/constraints.txt" -e "$root[dev,ml,media,server,deploy]"
   } >"$state/pip.log" 2>&1 || { tail -30 "$state/pip.log" >&2; log "pip install failed (log: $state/pip.log)"; exit 1; }
   "$root/.venv/bin/python" -c "import builder, server, diffusers, fastapi, pytest" 
   rm -f "$root"/.venv/.installed-*

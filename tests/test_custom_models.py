@@ -57,19 +57,21 @@ def model_dir(tmp_path: Path, tiny_models: dict[str, Path], manifest: dict) -> P
     return root
 
 
+def _stand_in_server(tmp_path_factory, tiny_models: dict[str, Path], name: str):
+    tmp = tmp_path_factory.mktemp(name)
+    data = _manifest(name)
+    return serve(write_manifest_json(tmp, data), model_dir(tmp, tiny_models, data))
+
+
 @pytest.fixture(scope="module")
 def instantid_server(tmp_path_factory, tiny_models):
-    tmp = tmp_path_factory.mktemp("instantid")
-    data = _manifest("tiny-instantid")
-    with serve(write_manifest_json(tmp, data), model_dir(tmp, tiny_models, data)) as url:
+    with _stand_in_server(tmp_path_factory, tiny_models, "tiny-instantid") as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def musetalk_server(tmp_path_factory, tiny_models):
-    tmp = tmp_path_factory.mktemp("musetalk")
-    data = _manifest("tiny-musetalk")
-    with serve(write_manifest_json(tmp, data), model_dir(tmp, tiny_models, data)) as url:
+    with _stand_in_server(tmp_path_factory, tiny_models, "tiny-musetalk") as url:
         yield url
 
 
@@ -438,3 +440,17 @@ def test_haar_finds_the_smoke_face_and_not_a_ramp(tiny_models: dict[str, Path]) 
 def test_the_smoke_speech_is_what_its_maker_makes() -> None:
     """server/assets/smoke/speech.wav is generated, not recorded: regenerate it, byte for byte."""
     assert SPEECH == wav(voiced_speech(3.0, 16000), 16000)
+
+
+@pytest.mark.parametrize(("name", "loader", "first_missing"), [
+    ("tiny-instantid", "server.custom.instantid", "sdxl/model_index.json"),
+    ("tiny-musetalk", "server.custom.musetalk", "musetalk/musetalkV15/musetalk.json"),
+])
+def test_a_part_missing_from_the_model_folder_is_one_line(tmp_path: Path, name: str, loader: str, first_missing: str) -> None:
+    import importlib
+
+    from server.spec import ModelSpec
+
+    spec = ModelSpec.from_document(json.loads(write_manifest_json(tmp_path, _manifest(name)).read_text()))
+    with pytest.raises(LoadError, match=rf"{tmp_path / 'model' / first_missing} is missing: check entrypoint.options"):
+        importlib.import_module(loader).load(spec, tmp_path / "model", "cpu")

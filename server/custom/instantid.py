@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from server.custom.faces import Face, face_analyzer, largest_face
+from server.custom.layout import part, require
 from server.errors import LoadError
 from server.loaders import ImageOutput, torch_dtype
 from server.media import decode_image
@@ -65,12 +66,10 @@ class InstantID:
         from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
 
         options = spec.options
-        base = model_dir / str(options.get("base", "sdxl"))
-        controlnet_dir = model_dir / str(options.get("controlnet", "instantid/ControlNetModel"))
-        adapter = model_dir / str(options.get("ip_adapter", "instantid/ip-adapter.bin"))
-        for path in (base / "model_index.json", controlnet_dir / "config.json", adapter):
-            if not path.is_file():
-                raise LoadError(f"InstantID: {path} is missing: check entrypoint.options against the sources' targets")
+        base = part(spec, model_dir, "base", "sdxl")
+        controlnet_dir = part(spec, model_dir, "controlnet", "instantid/ControlNetModel")
+        adapter = part(spec, model_dir, "ip_adapter", "instantid/ip-adapter.bin")
+        require("InstantID", base / "model_index.json", controlnet_dir / "config.json", adapter)
         self.faces = face_analyzer(options, model_dir, device)
         if not self.faces.embeds:
             raise LoadError("InstantID needs face embeddings: entrypoint.options.face_modules must include recognition")

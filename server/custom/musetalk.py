@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from server.custom.faces import face_analyzer
+from server.custom.layout import part, require
 from server.errors import InputError, LoadError
 from server.loaders import VideoOutput, torch_dtype
 from server.media import decode_frames, decode_wav, resample
@@ -100,13 +101,11 @@ class MuseTalk:
         from transformers import AutoFeatureExtractor, WhisperModel
 
         options = spec.options
-        unet_dir = model_dir / str(options.get("unet", "musetalk/musetalkV15"))
-        vae_dir = model_dir / str(options.get("vae", "sd-vae"))
-        whisper_dir = model_dir / str(options.get("whisper", "whisper"))
-        for path in (unet_dir / "musetalk.json", unet_dir / "unet.pth", vae_dir / "config.json",
-                     whisper_dir / "config.json", whisper_dir / "preprocessor_config.json"):
-            if not path.is_file():
-                raise LoadError(f"MuseTalk: {path} is missing: check entrypoint.options against the sources' targets")
+        unet_dir = part(spec, model_dir, "unet", "musetalk/musetalkV15")
+        vae_dir = part(spec, model_dir, "vae", "sd-vae")
+        whisper_dir = part(spec, model_dir, "whisper", "whisper")
+        require("MuseTalk", unet_dir / "musetalk.json", unet_dir / "unet.pth", vae_dir / "config.json",
+                whisper_dir / "config.json", whisper_dir / "preprocessor_config.json")
         self.extra_margin = int(options.get("extra_margin", 10))
         self.faces = face_analyzer(options, model_dir, device)
         dtype = torch_dtype(spec.dtype, device)

@@ -123,3 +123,22 @@ def test_a_listed_file_missing_from_the_repo_is_one_line(tmp_path, isolated_env)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "error: demo: NOPE.md is not in builder-demo/tiny-sd@abaa7aa9b35f: fix the artifact's path")
+
+
+def test_lock_resolves_a_space_source(tmp_path, hub: LocalHub, isolated_env, tiny_sd: Path, demo_manifest_data) -> None:
+    """A source with repo_type: space (the InstantID Space hosts the antelopev2 face models) is
+    looked up and fetched under the Hub's /spaces/ routes, not as the model of the same name."""
+    commit = hub.publish("builder-test/sd-space", tiny_sd, repo_type="space")
+    text = UNLOCKED.replace("  - repo_id: {repo}\n", "  - repo_id: builder-test/sd-space\n    repo_type: space\n")
+    root = project_with(tmp_path, text)
+    hub.clear_log()
+    result = lock(root, isolated_env)
+    assert result.returncode == 0, result.stderr
+    source = yaml.safe_load((root / "manifests/demo.yaml").read_text())["sources"][0]
+    assert source["repo_type"] == "space" and source["revision"] == commit
+    expected = {a["path"]: (a["sha256"], a["size"]) for a in demo_manifest_data["sources"][0]["artifacts"]}
+    assert all(expected[a["path"]] == (a["sha256"], a["size"]) for a in source["artifacts"])
+    paths = [r.path for r in hub.requests]
+    assert any(p.startswith("/api/spaces/builder-test/sd-space") for p in paths)
+    assert any(p.startswith("/spaces/builder-test/sd-space/resolve/") for p in paths)
+    assert not any(p.startswith("/api/models/builder-test/sd-space") for p in paths)

@@ -8,6 +8,7 @@ hf_api.py):
 - GET  /api/models/{ns}/{name}/tree/{rev}[/{dir}]   -> [{"type": "file", "path", "size", "oid", "lfs"?}]
 - HEAD /{ns}/{name}/resolve/{rev}/{path}            -> X-Repo-Commit, quoted ETag, Content-Length
 - GET  /{ns}/{name}/resolve/{rev}/{path}            -> the bytes; "Range: bytes=N-[M]" gives 206
+Spaces and datasets the same way, under /api/spaces/, /api/datasets/ and /spaces/, /datasets/.
 
 Errors carry the Hub's X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo)
 with its status. A repository is a directory; its commit id is a hash of its file listing,
@@ -217,13 +218,14 @@ class _Handler(BaseHTTPRequestHandler):
             extra["X-Error-Code"] = code
         self._send_json(status, {"error": message}, extra, fault)
 
-    def _repo(self, ns: str, name: str) -> Repo | None:
+    def _repo(self, ns: str, name: str, kind: str | None = None) -> Repo | None:
         repo_id = f"{ns}/{name}"
+        key = f"{kind}/{repo_id}" if kind in ("spaces", "datasets") else repo_id
         token = self._token()
         if token is not None and self.state.valid_tokens is not None and token not in self.state.valid_tokens:
             self._error(401, None, "Invalid credentials in Authorization header")
             return None
-        repo = self.state.repos.get(repo_id)
+        repo = self.state.repos.get(key)
         if repo is None:
             self._error(404, "RepoNotFound", f"Repository Not Found for url: {self.path}.")
             return None
@@ -278,11 +280,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_file(repo, entry, fault, cdn=True)
 
     def _route_hub(self, path: str, fault: Fault | None) -> None:
-        api = re.fullmatch(r"/api/models/([^/]+)/([^/]+)(?:/(revision|tree)/([^/]+)(?:/(.*))?)?", path)
+        api = re.fullmatch(r"/api/(models|spaces|datasets)/([^/]+)/([^/]+)(?:/(revision|tree)/([^/]+)(?:/(.*))?)?", path)
         if api:
-            ns, name, kind, rev, sub = api.groups()
+            repo_kind, ns, name, kind, rev, sub = api.groups()
             kind, rev = kind or "revision", rev or "main"
-            repo = self._repo(ns, name)
+            repo = self._repo(ns, name, repo_kind)
             if repo is None or not self._revision(repo, rev):
                 return
             if kind == "revision":
@@ -307,10 +309,10 @@ class _Handler(BaseHTTPRequestHandler):
                 entries.append(entry)
             self._send_json(200, entries)
             return
-        resolve = re.fullmatch(r"/([^/]+)/([^/]+)/resolve/([^/]+)/(.+)", path)
+        resolve = re.fullmatch(r"/(?:(spaces|datasets)/)?([^/]+)/([^/]+)/resolve/([^/]+)/(.+)", path)
         if resolve:
-            ns, name, rev, file_path = resolve.groups()
-            repo = self._repo(ns, name)
+            repo_kind, ns, name, rev, file_path = resolve.groups()
+            repo = self._repo(ns, name, repo_kind)
             if repo is None or not self._revision(repo, rev):
                 return
             entry = repo.files.get(unquote(file_path))
@@ -426,18 +428,20 @@ class LocalHub:
     def cdn_url(self) -> str | None:
         return self.state.cdn_url
 
-    def publish(self, repo_id: str, source: Path, gated_tokens: set[str] | None = None) -> str:
-        """Copy a directory in as repo_id (replacing it) and return its commit id."""
-        dest = self.root / repo_id
+    def publish(self, repo_id: str, source: Path, gated_tokens: set[str] | None = None, repo_type: str = "model") -> str:
+        """Copy a directory in as repo_id (a model, space or dataset; replacing it) and return its commit id."""
+        key = repo_id if repo_type == "model" else f"{repo_type}s/{repo_id}"
+        dest = self.root / key
         if dest.exists():
             shutil.rmtree(dest)
         shutil.copytree(source, dest)
-        return self.serve_in_place(repo_id, dest, gated_tokens)
+        return self.serve_in_place(repo_id, dest, gated_tokens, repo_type)
 
-    def serve_in_place(self, repo_id: str, directory: Path, gated_tokens: set[str] | None = None) -> str:
+    def serve_in_place(self, repo_id: str, directory: Path, gated_tokens: set[str] | None = None,
+                       repo_type: str = "model") -> str:
         repo = scan_repo(repo_id, Path(directory), frozenset(gated_tokens) if gated_tokens is not None else None)
         with self.state.lock:
-            self.state.repos[repo_id] = repo
+            self.state.repos[repo_id if repo_type == "model" else f"{repo_type}s/{repo_id}"] = repo
         return repo.commit
 
     def inject(self, *faults: Fault) -> None:

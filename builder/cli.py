@@ -578,5 +578,13 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - the one broad catch: a bug, shown as one line
         if os.environ.get("BUILDER_DEBUG") == "1":
             traceback.print_exc()
+        from builder.reach import connection_failure
+
+        reason = connection_failure(exc)
+        if reason is not None:  # a call no module wrapped with reach.reaching: still the world's fault, not a bug
+            err.print(f"error: a connection failed ({reason}): {' '.join(str(exc).split())[:200]}; check the network "
+                      "and proxy, and the address settings (HF_ENDPOINT, --registry, RUNPOD_API_BASE_URL, DOCKER_HOST)",
+                      markup=False)
+            sys.exit(1)
         err.print(f"internal error: {type(exc).__name__}: {exc} (run with BUILDER_DEBUG=1 for the traceback)", markup=False)
         sys.exit(1)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from builder import reach
 from builder.errors import ConfigError, DeployError, InputError
 from builder.ledger import Ledger
 
@@ -70,11 +71,15 @@ class RunPod:
         runpod.api_key = key
         self._runpod = runpod
 
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+    def _call(self, what: str, fn: Callable[[], Any], serverless: bool = False) -> Any:
         from runpod import error
 
+        # The SDK's own defaults, which these variables override (runpod/api/graphql.py, runpod/endpoint).
+        address = (os.environ.get("RUNPOD_ENDPOINT_BASE_URL", "https://api.runpod.ai/v2") if serverless
+                   else os.environ.get("RUNPOD_API_BASE_URL", "https://api.runpod.io"))
         try:
-            return fn()
+            with reach.reaching(f"RunPod (to {what})", address, reach.RUNPOD):
+                return fn()
         except error.AuthenticationError:
             raise DeployError(f"RunPod refused the API key while trying to {what}: check RUNPOD_API_KEY") from None
         except RuntimeError as exc:  # the SDK's serverless client raises RuntimeError on a 401
@@ -120,7 +125,7 @@ class RunPod:
 
     def health(self, endpoint_id: str) -> dict[str, Any]:
         return self._call(f"read the health of endpoint {endpoint_id}",
-                          lambda: self._runpod.Endpoint(endpoint_id).health(timeout=10))
+                          lambda: self._runpod.Endpoint(endpoint_id).health(timeout=10), serverless=True)
 
     def set_template_image(self, template: dict[str, Any], image: str) -> None:
         fields = [f"id: {_quote(template['id'])}", f"name: {_quote(template['name'])}", f"imageName: {_quote(image)}"]

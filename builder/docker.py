@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from builder import reach
 from builder.errors import BuilderError, DockerError, InputError, RegistryError, from_marker
 
 LineSink = Callable[[str], None]
@@ -111,10 +112,8 @@ class Docker:
             client.ping()
         except DockerException as exc:
             where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-            raise DockerError(
-                f"cannot reach the Docker engine at {where}: start dockerd (or set DOCKER_HOST) and build again "
-                f"({' '.join(str(exc).split())[:160]})"
-            ) from None
+            reason = reach.connection_failure(exc) or " ".join(str(exc).split())[:160]
+            raise reach.unreachable("the Docker engine", where, reason, reach.DOCKER) from None
         return cls(client)
 
     @property

@@ -82,10 +82,17 @@ class DeployError(BuilderError):
     """A deployment target refused or did not become healthy."""
 
 
+class Unreachable(BuilderError):
+    """A service (the Hub, a registry, RunPod, the Docker engine) could not be connected to.
+
+    Bad input from the world rather than a failed build: the message names what was tried and
+    which setting decides it (see builder/reach.py)."""
+
+
 _BY_NAME: dict[str, type[BuilderError]] = {
     cls.__name__: cls
     for cls in (BuilderError, InputError, ManifestError, ConfigError, DownloadError, ChecksumMismatch,
-                DockerError, SmokeTestFailed, RegistryError, DeployError)
+                DockerError, SmokeTestFailed, RegistryError, DeployError, Unreachable)
 }
 
 

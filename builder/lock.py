@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.errors import ConfigError, DownloadError, ManifestError
+from builder import reach
+from builder.errors import ConfigError, DownloadError, ManifestError, Unreachable
 from builder.fetch import ContentCache, FetchConfig, FetchEngine, Mirror, PlannedFile
 from builder.manifest import HEX40, Manifest, Source, load_manifest, parse_manifest
 
@@ -43,35 +44,53 @@ class LockReport:
     changes: list[str] = field(default_factory=list)  # what a lock would change (empty: up to date)
 
 
+def _refusal(exc: Exception, mirror: Mirror, token: str | None) -> str | None:
+    """The Hub's answer as one phrase, or None for an exception that is not an answer (a bug)."""
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if isinstance(exc, GatedRepoError):
+        hint = "no token was passed: set HF_TOKEN" if token is None else "the token passed has no access"
+        return f"{mirror.name}: gated ({hint}; accept the licence on the model page)"
+    if isinstance(exc, RevisionNotFoundError):
+        return f"{mirror.name}: revision not found"
+    if isinstance(exc, RepositoryNotFoundError):
+        return f"{mirror.name}: repository not found (or private)"
+    if isinstance(exc, (HfHubHTTPError, OSError)):
+        return f"{mirror.name}: {' '.join(str(exc).split())[:160]}"
+    return None
+
+
 class _Hub:
     """The Hub's metadata through huggingface_hub, over the approved mirrors in order."""
 
     def __init__(self, config: FetchConfig, token: str | None) -> None:
         self.config = config
         self.token = token
+        self._probed: dict[str, str | None] = {}  # mirror url -> why it cannot be connected to (None: it can)
 
     def _each_mirror(self, what: str, call: Callable[[Mirror], object]) -> object:
-        from huggingface_hub.errors import (
-            GatedRepoError,
-            HfHubHTTPError,
-            RepositoryNotFoundError,
-            RevisionNotFoundError,
-        )
-
         failures = []
+        unreached = []
         for mirror in self.config.mirrors:
+            if mirror.url not in self._probed:
+                self._probed[mirror.url] = reach.probe(mirror.url)
+            if self._probed[mirror.url] is not None:
+                unreached.append(f"{mirror.name} {mirror.url} ({self._probed[mirror.url]})")
+                continue
             try:
                 return call(mirror)
-            except GatedRepoError:
-                hint = "no token was passed: set HF_TOKEN" if self.token is None else "the token passed has no access"
-                failures.append(f"{mirror.name}: gated ({hint}; accept the licence on the model page)")
-            except RevisionNotFoundError:
-                failures.append(f"{mirror.name}: revision not found")
-            except RepositoryNotFoundError:
-                failures.append(f"{mirror.name}: repository not found (or private)")
-            except (HfHubHTTPError, OSError) as exc:
-                failures.append(f"{mirror.name}: {' '.join(str(exc).split())[:160]}")
-        raise DownloadError(f"{what}: {'; '.join(failures)}")
+            except Exception as exc:  # noqa: BLE001 - sorted below: a failure to connect, or the Hub's answer
+                reason = reach.connection_failure(exc)
+                if reason is None:
+                    failure = _refusal(exc, mirror, self.token)
+                    if failure is None:
+                        raise
+                    failures.append(failure)
+                else:
+                    unreached.append(f"{mirror.name} {mirror.url} ({reason})")
+        if not failures:
+            raise Unreachable(f"{what}: cannot reach the Hub at {'; '.join(unreached)}: check {reach.HUB}")
+        raise DownloadError(f"{what}: {'; '.join(failures + [f'{u}: unreachable' for u in unreached])}")
 
     def commit(self, source: Source, ref: str) -> str:
         from huggingface_hub import HfApi

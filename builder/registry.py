@@ -16,6 +16,7 @@ from typing import Any
 
 import requests
 
+from builder import reach
 from builder.errors import InputError, RegistryError
 
 MANIFEST_TYPES = ", ".join(
@@ -102,7 +103,12 @@ class RegistryClient:
             return
         actions = "pull,push,delete" if write else "pull"
         query = {"service": params.get("service", ""), "scope": f"repository:{name}:{actions}"}
-        response = self.session.get(params["realm"], params=query, auth=self._credentials(), timeout=self.timeout)
+        realm = params["realm"]
+        try:
+            with reach.reaching(f"the token service of {self.ref.host}", realm.split("?", 1)[0], reach.REGISTRY):
+                response = self.session.get(realm, params=query, auth=self._credentials(), timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise RegistryError(f"the token service at {realm} did not answer: {type(exc).__name__}: try again") from None
         if response.status_code != 200:
             raise RegistryError(
                 f"{self.ref.host} refused a token for {name} ({response.status_code}): run `docker login {self.ref.host}`"
@@ -121,11 +127,12 @@ class RegistryClient:
             else:
                 auth = self._credentials()
             try:
-                response = self.session.request(method, url, headers=sent, auth=auth, data=data, timeout=self.timeout)
+                with reach.reaching("the registry", self.ref.base_url, reach.REGISTRY):
+                    response = self.session.request(method, url, headers=sent, auth=auth, data=data, timeout=self.timeout)
             except requests.RequestException as exc:
                 raise RegistryError(
-                    f"cannot reach the registry at {self.ref.base_url}: {type(exc).__name__}: check that it is up "
-                    f"and --registry is right"
+                    f"the registry at {self.ref.base_url} did not answer {method} {url.split('/v2/', 1)[-1]}: "
+                    f"{type(exc).__name__}: check that it is healthy and try again"
                 ) from None
             challenge = response.headers.get("WWW-Authenticate", "")
             if response.status_code == 401 and challenge.lower().startswith("bearer") and not tried_token:

@@ -6,6 +6,7 @@ import copy
 import os
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT, make_project, run_builder
@@ -111,7 +112,40 @@ def test_an_unreachable_registry_fails_before_building(tmp_path: Path) -> None:
 def test_no_docker_engine_is_one_line_exit_1() -> None:
     result = run_builder(["build", "demo", "--no-push"], _env(DOCKER_HOST="unix:///nonexistent.sock"))
     assert result.returncode == 1
-    assert "cannot reach the Docker engine at unix:///nonexistent.sock: start dockerd" in _one_error_line(result)
+    assert ("cannot reach the Docker engine at unix:///nonexistent.sock (no socket there): check that dockerd is "
+            "running and DOCKER_HOST points at it") in _one_error_line(result)
+
+
+@pytest.mark.parametrize("service", ["hub-name", "hub-refused", "registry", "runpod", "docker"])
+def test_an_unreachable_service_is_one_line_naming_it_and_what_to_check(tmp_path: Path, service: str) -> None:
+    """Issue 10: no route to a service is the world's bad input, never `internal error: ConnectError`."""
+    config = tmp_path / "builder.yaml"
+    env = _env(BUILDER_LEDGER=str(tmp_path / "ledger.sqlite3"), HF_HOME=str(tmp_path / "hf"),
+               RUNPOD_API_KEY="test-key", RUNPOD_API_BASE_URL="http://127.0.0.1:9",
+               RUNPOD_ENDPOINT_BASE_URL="http://127.0.0.1:9/v2", DOCKER_HOST="tcp://127.0.0.1:9")
+    env.pop("HF_ENDPOINT", None)
+    if service.startswith("hub"):
+        url = "http://no-such-hub.invalid" if service == "hub-name" else "http://127.0.0.1:9"
+        config.write_text(f"mirrors:\n  - {{name: org, url: '{url}'}}\n")
+        args, env["BUILDER_CONFIG"], env["HF_ENDPOINT"] = ["lock", "flux", "--check"], str(config), url
+        expected = [f"cannot reach the Hub at org {url} (", "HF_ENDPOINT", "[tool.builder]"]
+    elif service == "registry":
+        args = ["promote", "demo", "0.1.0", "--to", "staging", "--registry", "127.0.0.1:9"]
+        expected = ["cannot reach the registry at http://127.0.0.1:9 (connection refused)", "--registry"]
+    elif service == "runpod":
+        args = ["rollback", "demo", "--target", "endpoint:abc123", "--registry", "127.0.0.1:9"]
+        expected = ["cannot reach RunPod (to ", "at http://127.0.0.1:9 (connection refused)", "RUNPOD_API_BASE_URL"]
+    else:
+        args = ["cache", "ls", "--image", "x"]
+        expected = ["cannot reach the Docker engine at tcp://127.0.0.1:9 (connection refused)", "DOCKER_HOST"]
+    result = run_builder(args, env, timeout=120)
+    assert result.returncode == 1, result.stderr
+    line = _one_error_line(result)
+    assert "internal error" not in line
+    for text in expected:
+        assert text in line, line
+    if service == "hub-name":
+        assert "(the name does not resolve)" in line
 
 
 def test_a_missing_ca_bundle_is_bad_input() -> None:

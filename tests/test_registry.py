@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from builder.errors import InputError, RegistryError
+from builder.errors import InputError, RegistryError, Unreachable
 from builder.registry import RegistryClient, RegistryRef
 
 
@@ -38,5 +38,5 @@ def test_unknown_repository_and_tag(registry: str) -> None:
 
 def test_an_unreachable_registry_is_one_line() -> None:
     client = RegistryClient(RegistryRef.parse("127.0.0.1:9"), timeout=2)
-    with pytest.raises(RegistryError, match="cannot reach the registry at http://127.0.0.1:9"):
+    with pytest.raises(Unreachable, match=r"cannot reach the registry at http://127.0.0.1:9 \(connection refused\)"):
         client.image("x", "1")

@@ -435,67 +435,74 @@ def promote(ctx: click.Context, name: str, version: str, stage: str, registry: s
     click.echo(f"promoted {name}:{version} ({result.digest}) to {stage} (recorded as {result.history_tag})")
 
 
-def _deploy_target(target: str):
-    from builder.deploy import Target
+_deploy_options = [
+    click.option("--target", required=True, help="pod:ID, endpoint:ID (serverless, load-balancing or queue) or template:ID."),
+    click.option("--endpoint-type", type=click.Choice(["auto", "lb", "queue"]), default="auto", show_default=True,
+                 help="An endpoint's type; auto reads it from RunPod."),
+    click.option("--production", is_flag=True, help="The target serves production (also: deploy.production_targets "
+                                                     "in the builder configuration): needs a production promotion."),
+    click.option("--force", is_flag=True, help="Override the release gates (needs --reason; recorded)."),
+    click.option("--reason", help="Why the gates may be overridden, for the ledger."),
+    click.option("--timeout", type=float, default=900, show_default=True, help="Seconds to wait for health."),
+    click.option("--poll", type=float, default=10, show_default=True, help="Seconds between health checks."),
+    _registry_option,
+]
 
-    return Target.parse(target)
+
+def _with_deploy_options(command):
+    for option in reversed(_deploy_options):
+        command = option(command)
+    return command
+
+
+def _deploy_call(ctx: click.Context, kw: dict):
+    """What deploy and rollback share: the target, the clients, the options."""
+    from builder.deploy import RunPod, Target
+    from builder.deploy.release import DeployOptions
+
+    target = Target.parse(kw["target"])
+    client = _registry_client(kw["registry"])
+    project = _project(ctx)
+    services = _services(ctx, project)
+    production = kw["production"] or str(target) in services.config.deploy.production_targets
+    options = DeployOptions(kw["timeout"], kw["poll"], kw["endpoint_type"], production, kw["force"], kw["reason"],
+                            services.config.deploy.keep_templates)
+    return target, (RunPod(), client, services.ledger, project.manifests_dir), options
+
+
+def _say(message: str) -> None:
+    err.print(f"[bold cyan]==>[/bold cyan] {message}", markup=True)
 
 
 @cli.command()
 @click.argument("name")
 @click.argument("version", required=False)
-@click.option("--target", required=True, help="endpoint:ID (serverless endpoint) or template:ID.")
-@click.option("--timeout", type=float, default=900, show_default=True, help="Seconds to wait for health.")
-@click.option("--poll", type=float, default=10, show_default=True, help="Seconds between health checks.")
-@_registry_option
+@_with_deploy_options
 @click.pass_context
-def deploy(ctx: click.Context, name: str, version: str | None, target: str, timeout: float, poll: float,
-           registry: str | None) -> None:
-    """Point a RunPod target at NAME:VERSION by digest (default: what production holds) and wait for health."""
-    from builder.deploy import RunPod, deploy as do_deploy
-    from builder.errors import DeployError
+def deploy(ctx: click.Context, name: str, version: str | None, **kw) -> None:
+    """Point a RunPod target at NAME:VERSION by digest (default: what production holds) and wait until it serves."""
+    from builder.deploy.release import deploy_version
 
-    parsed = _deploy_target(target)
-    client = _registry_client(registry)
-    reference = version or "production"
-    image = client.image(name, reference)
-    if image is None:
-        raise DeployError(f"{client.ref.repository(name)}:{reference} is not in the registry"
-                          + ("" if version else ": promote a version to production, or name one"))
-    from builder.promote import version_of
-
-    version = version or version_of(client, name, image.digest)
-    ref = f"{client.ref.repository(name)}@{image.digest}"
-    services = _services(ctx, _project(ctx))
-    result = do_deploy(RunPod(), services.ledger, parsed, name, version, ref, timeout, poll,
-                       say=lambda m: err.print(f"[bold cyan]==>[/bold cyan] {m}", markup=True))
-    click.echo(f"deployed {ref} ({name} {version}) to {parsed} in {result.seconds:.0f}s; before: {result.previous_image}")
-    click.echo(f"roll back with: python -m builder rollback {name} --target {parsed}")
+    target, clients, options = _deploy_call(ctx, kw)
+    result = deploy_version(*clients, name, version, target, options, _say)
+    how = f", serving as {result.mode}" if result.mode else ""
+    click.echo(f"deployed {result.image} ({name} {result.version}) to {target} in {result.seconds:.0f}s{how}; "
+               f"before: {result.previous_image}")
+    click.echo(f"roll back with: python -m builder rollback {name} --target {target}")
 
 
 @cli.command()
 @click.argument("name")
-@click.option("--target", required=True, help="endpoint:ID or template:ID.")
 @click.option("--to", "to_version", help="Roll back to this version instead of the last known-good.")
-@click.option("--timeout", type=float, default=900, show_default=True)
-@click.option("--poll", type=float, default=10, show_default=True)
-@_registry_option
+@_with_deploy_options
 @click.pass_context
-def rollback(ctx: click.Context, name: str, target: str, to_version: str | None, timeout: float, poll: float,
-             registry: str | None) -> None:
+def rollback(ctx: click.Context, name: str, to_version: str | None, **kw) -> None:
     """Redeploy the last known-good version: the newest production promotion not running now."""
-    from builder.deploy import RunPod, deploy as do_deploy, digest_of, rollback_image
+    from builder.deploy.release import roll_back
 
-    parsed = _deploy_target(target)
-    client = _registry_client(registry)
-    runpod = RunPod()
-    current = runpod.current_image(parsed)
-    image, version = rollback_image(client, name, digest_of(current), to_version)
-    services = _services(ctx, _project(ctx))
-    err.print(f"[bold cyan]==>[/bold cyan] {parsed} runs {current}; rolling back to {image} ({version})", markup=True)
-    result = do_deploy(runpod, services.ledger, parsed, name, version, image, timeout, poll,
-                       say=lambda m: err.print(f"[bold cyan]==>[/bold cyan] {m}", markup=True))
-    click.echo(f"rolled back {parsed} to {image} ({name} {version}) in {result.seconds:.0f}s")
+    target, clients, options = _deploy_call(ctx, kw)
+    result = roll_back(*clients, name, to_version, target, options, _say)
+    click.echo(f"rolled back {target} to {result.image} ({name} {result.version}) in {result.seconds:.0f}s")
 
 
 @cli.command()

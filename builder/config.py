@@ -47,6 +47,16 @@ class FetchTuning(BaseModel):
     progress_seconds: float = Field(default=10.0, gt=0, description="Seconds between progress lines.")
 
 
+class DeployConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    production_targets: tuple[Annotated[str, Field(pattern=r"^(pod|endpoint|template):[A-Za-z0-9_-]{1,64}$")], ...] = Field(
+        default=(), description="RunPod targets (pod:ID, endpoint:ID, template:ID) that serve production: only a "
+                                "version promoted to production, with its licence approval, may be deployed there.")
+    keep_templates: int = Field(default=3, ge=0, le=100, description="Templates builder created and no endpoint "
+                                "uses any more that are kept (newest first) after a deploy; older ones are deleted.")
+
+
 class BuilderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -59,6 +69,7 @@ class BuilderConfig(BaseModel):
     )
     fetch: FetchTuning = Field(default_factory=FetchTuning, description="Download tuning.")
     ledger: str | None = Field(default=None, description="SQLite ledger path (default: $XDG_STATE_HOME/builder).")
+    deploy: DeployConfig = Field(default_factory=DeployConfig, description="Deploys to RunPod.")
 
     @property
     def ledger_path(self) -> Path:

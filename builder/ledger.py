@@ -106,6 +106,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX deployments_model ON deployments (model, at);
     """,
+    # A deploy that overrode a release gate (--force) says who-knows-why: the reason given.
+    """
+    ALTER TABLE deployments ADD COLUMN forced_reason TEXT;
+    """,
 )
 # A mirror needs this many finished attempts before its history reorders the mirrors.
 MIN_ATTEMPTS_FOR_RANKING = 3
@@ -222,12 +226,14 @@ class Ledger:
                        (model, version, digest, stage, actor, time.time()))
 
     def record_deployment(self, model: str, version: str | None, digest: str, target: str, outcome: str,
-                          previous_digest: str | None, detail: str | None, seconds: float) -> None:
+                          previous_digest: str | None, detail: str | None, seconds: float,
+                          forced_reason: str | None = None) -> None:
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO deployments (model, version, digest, target, outcome, previous_digest, detail, seconds, at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (model, version, digest, target, outcome, previous_digest, detail, round(seconds, 2), time.time()),
+                "INSERT INTO deployments (model, version, digest, target, outcome, previous_digest, detail, seconds, at,"
+                " forced_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (model, version, digest, target, outcome, previous_digest, detail, round(seconds, 2), time.time(),
+                 forced_reason),
             )
 
     def passed_smoke(self, digest_or_image: str) -> bool:
@@ -260,11 +266,12 @@ class Ledger:
                 "SELECT version, digest, stage, actor, at FROM stages WHERE model = ?", (model,)):
             events.append({"at": at, "event": "promote", "version": version, "digest": digest, "stage": stage,
                            "actor": actor})
-        for version, digest, target, outcome, previous, detail, seconds, at in self._db.execute(
-                "SELECT version, digest, target, outcome, previous_digest, detail, seconds, at FROM deployments"
-                " WHERE model = ?", (model,)):
+        for version, digest, target, outcome, previous, detail, seconds, at, forced in self._db.execute(
+                "SELECT version, digest, target, outcome, previous_digest, detail, seconds, at, forced_reason"
+                " FROM deployments WHERE model = ?", (model,)):
             events.append({"at": at, "event": "deploy", "version": version, "digest": digest, "target": target,
-                           "outcome": outcome, "previous_digest": previous, "detail": detail, "seconds": seconds})
+                           "outcome": outcome, "previous_digest": previous, "detail": detail, "seconds": seconds,
+                           "forced_reason": forced})
         return sorted(events, key=lambda e: e["at"])
 
     def attempts(self, model: str | None = None) -> list[Attempt]:

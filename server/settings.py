@@ -1,4 +1,4 @@
-"""Server settings, read from the environment the image sets (and RunPod's PORT)."""
+"""Server settings, read from the environment the image sets (and RunPod's PORT, PORT_HEALTH)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+SERVE_MODES = ("http", "queue")
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the server cannot use; the message names it."""
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -14,18 +20,37 @@ class Settings:
     model_dir: Path
     host: str = "0.0.0.0"  # noqa: S104 - a container's server listens on all its interfaces
     port: int = 8000
+    port_health: int | None = None  # RunPod load-balancing endpoints may probe /ping on a port of its own
+    serve_mode: str = "http"  # http: the HTTP server (pods, load-balancing endpoints); queue: RunPod's job queue
+    ready_file: Path = Path("/tmp/builder-ready")  # noqa: S108 - the queue worker's marker for the HEALTHCHECK
     device: str = "auto"  # auto | cpu | cuda
     max_queue: int = 8  # requests waiting beyond the one running; more get 429
     request_timeout: float = 300.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
+        mode = environ.get("BUILDER_SERVE_MODE", "") or "http"
+        if mode not in SERVE_MODES:
+            raise SettingsError(f"BUILDER_SERVE_MODE={mode!r}: expected one of {', '.join(SERVE_MODES)} "
+                                "(http serves pods and load-balancing endpoints, queue serves queue-based endpoints)")
+        health = environ.get("PORT_HEALTH", "")
         return cls(
             manifest_path=Path(environ.get("BUILDER_MANIFEST", "/app/manifest.json")),
             model_dir=Path(environ.get("BUILDER_MODEL_DIR", "/opt/models/model")),
             host=environ.get("HOST", "0.0.0.0"),  # noqa: S104
-            port=int(environ.get("PORT", "8000")),
+            port=_number(environ, "PORT", "8000", int),
+            port_health=_number(environ, "PORT_HEALTH", health, int) if health else None,
+            serve_mode=mode,
+            ready_file=Path(environ.get("BUILDER_READY_FILE", "/tmp/builder-ready")),  # noqa: S108
             device=environ.get("BUILDER_DEVICE", "auto"),
-            max_queue=int(environ.get("BUILDER_MAX_QUEUE", "8")),
-            request_timeout=float(environ.get("BUILDER_REQUEST_TIMEOUT", "300")),
+            max_queue=_number(environ, "BUILDER_MAX_QUEUE", "8", int),
+            request_timeout=_number(environ, "BUILDER_REQUEST_TIMEOUT", "300", float),
         )
+
+
+def _number(environ: Mapping[str, str], name: str, default: str, kind: type) -> int | float:
+    text = environ.get(name, default)
+    try:
+        return kind(text)
+    except ValueError:
+        raise SettingsError(f"{name}={text!r}: expected {'an integer' if kind is int else 'a number'}") from None

@@ -180,7 +180,7 @@ def test_deploy_errors_are_one_line(lifecycle, runpod_env) -> None:
     missing = cli(lifecycle, "deploy", lifecycle["name"], "1.0.0", "--target", "endpoint:nope", extra=runpod_env.env())
     assert missing.returncode == 1 and "RunPod has no serverless endpoint nope" in error_line(missing)
     target = cli(lifecycle, "deploy", lifecycle["name"], "1.0.0", "--target", "pod;rm -rf", extra=runpod_env.env())
-    assert target.returncode == 2 and "expected endpoint:ID" in error_line(target)
+    assert target.returncode == 2 and "expected pod:ID, endpoint:ID" in error_line(target)
 
 
 def test_rollback_from_an_empty_ledger_picks_the_last_known_good(lifecycle, runpod_env, tmp_path: Path) -> None:
@@ -317,3 +317,119 @@ def test_tags_follow_pagination(lifecycle) -> None:
     for i in range(5):
         version(lifecycle, f"3.{i}.0", smoke=False)
     assert lifecycle["client"].tags(lifecycle["name"], page_size=2) == sorted(f"3.{i}.0" for i in range(5))
+
+
+# -- release gates, endpoint types, templates (issue 11) -----------------------------------------
+def deploys_of(life: dict) -> list[dict]:
+    return [e for e in json.loads(cli(life, "history", life["name"], "--json").stdout) if e["event"] == "deploy"]
+
+
+def test_deploy_refuses_an_image_without_a_passed_smoke_unless_forced_with_a_reason(lifecycle, runpod_env) -> None:
+    repo = f"{lifecycle['registry']}/{lifecycle['name']}"
+    old = version(lifecycle, "1.0.0")
+    unsmoked = version(lifecycle, "1.1.0", smoke=False)
+    runpod_env.add_endpoint("ep", f"{repo}@{old}")
+    refused = cli(lifecycle, "deploy", lifecycle["name"], "1.1.0", "--target", "endpoint:ep", extra=runpod_env.env())
+    assert refused.returncode == 2
+    line = error_line(refused)
+    assert "no passed smoke test is recorded for" in line and '--force --reason "why"' in line
+    assert runpod_env.image_of("ep") == f"{repo}@{old}" and deploys_of(lifecycle) == []
+    no_reason = cli(lifecycle, "deploy", lifecycle["name"], "1.1.0", "--target", "endpoint:ep", "--force",
+                    extra=runpod_env.env())
+    assert no_reason.returncode == 2 and "--force needs --reason" in error_line(no_reason)
+    forced = cli(lifecycle, "deploy", lifecycle["name"], "1.1.0", "--target", "endpoint:ep", "--force", "--reason",
+                 "hotfix INC-42, smoke rerun by hand", "--poll", "0.05", extra=runpod_env.env())
+    assert forced.returncode == 0, forced.stderr
+    assert "release gates overridden (--force): hotfix INC-42" in forced.stderr
+    assert runpod_env.image_of("ep") == f"{repo}@{unsmoked}"
+    [record] = deploys_of(lifecycle)
+    assert record["outcome"] == "healthy" and record["forced_reason"].startswith("hotfix INC-42, smoke rerun by hand")
+    assert "no passed smoke test" in record["forced_reason"]
+
+
+def test_an_experimental_image_is_not_deployed(lifecycle, runpod_env) -> None:
+    digest = push_fake_image(lifecycle["registry"], lifecycle["name"], "0.9.0", "0.9.0", "2026-11-01T00:00:00Z",
+                             labels={"io.builder.profile": "experimental", "io.builder.locked": "false"})
+    lifecycle["client"].record_smoke(lifecycle["name"], digest, {"passed": True})
+    runpod_env.add_endpoint("ep", "old/image@sha256:" + "1" * 64)
+    proc = cli(lifecycle, "deploy", lifecycle["name"], "0.9.0", "--target", "endpoint:ep", extra=runpod_env.env())
+    assert proc.returncode == 2 and "was built from an experimental or unlocked manifest" in error_line(proc)
+
+
+def test_a_production_target_takes_only_a_production_promotion_with_its_approval(lifecycle, runpod_env,
+                                                                                 tmp_path: Path) -> None:
+    repo = f"{lifecycle['registry']}/{lifecycle['name']}"
+    digest = version(lifecycle, "1.0.0")
+    runpod_env.add_endpoint("ep-prod", "old/image@sha256:" + "1" * 64)
+    by_flag = cli(lifecycle, "deploy", lifecycle["name"], "1.0.0", "--target", "endpoint:ep-prod", "--production",
+                  extra=runpod_env.env())
+    assert by_flag.returncode == 2
+    assert "endpoint:ep-prod serves production and" in error_line(by_flag)
+    assert "was never promoted to production" in error_line(by_flag)
+    config = tmp_path / "builder.yaml"
+    config.write_text("deploy:\n  production_targets: [endpoint:ep-prod]\n")
+    by_config = cli(lifecycle, "deploy", lifecycle["name"], "1.0.0", "--target", "endpoint:ep-prod",
+                    extra={**runpod_env.env(), "BUILDER_CONFIG": str(config)})
+    assert by_config.returncode == 2 and "was never promoted to production" in error_line(by_config)
+    set_approval(lifecycle, APPROVAL)
+    assert cli(lifecycle, "promote", lifecycle["name"], "1.0.0", "--to", "production").returncode == 0
+    set_approval(lifecycle, None)  # the approval withdrawn since: production refuses again
+    withdrawn = cli(lifecycle, "deploy", lifecycle["name"], "1.0.0", "--target", "endpoint:ep-prod",
+                    extra={**runpod_env.env(), "BUILDER_CONFIG": str(config)})
+    assert withdrawn.returncode == 2 and "needs the licence approval" in error_line(withdrawn)
+    set_approval(lifecycle, APPROVAL)
+    ok = cli(lifecycle, "deploy", lifecycle["name"], "1.0.0", "--target", "endpoint:ep-prod", "--poll", "0.05",
+             extra={**runpod_env.env(), "BUILDER_CONFIG": str(config)})
+    assert ok.returncode == 0, ok.stderr
+    assert runpod_env.image_of("ep-prod") == f"{repo}@{digest}"
+
+
+@pytest.mark.parametrize("kind, mode", [("LB", "http"), ("QB", "queue")])
+def test_the_template_environment_follows_the_endpoint_type(lifecycle, runpod_env, kind: str, mode: str) -> None:
+    repo = f"{lifecycle['registry']}/{lifecycle['name']}"
+    old, new = version(lifecycle, "1.0.0"), version(lifecycle, "1.1.0")
+    runpod_env.add_endpoint("ep", f"{repo}@{old}", env={"HF_HOME": "/tmp/hf"}, type=kind)
+    proc = cli(lifecycle, "deploy", lifecycle["name"], "1.1.0", "--target", "endpoint:ep", "--poll", "0.05",
+               extra=runpod_env.env())
+    assert proc.returncode == 0, proc.stderr
+    assert f"serving as {mode}" in proc.stdout
+    template = runpod_env.state.templates[runpod_env.state.endpoints["ep"].template_id]
+    env = {item["key"]: item["value"] for item in template["env"]}
+    assert env["BUILDER_SERVE_MODE"] == mode and env["HF_HOME"] == "/tmp/hf"
+    if mode == "http":
+        assert env["PORT"] == "8000" and env["PORT_HEALTH"] == "8000" and template["ports"]
+    else:
+        assert "PORT_HEALTH" not in env
+
+
+def test_an_endpoint_of_unknown_type_needs_the_type_given(lifecycle, runpod_env) -> None:
+    repo = f"{lifecycle['registry']}/{lifecycle['name']}"
+    old, new = version(lifecycle, "1.0.0"), version(lifecycle, "1.1.0")
+    runpod_env.add_endpoint("ep", f"{repo}@{old}", type="SOMETHING_NEW")
+    proc = cli(lifecycle, "deploy", lifecycle["name"], "1.1.0", "--target", "endpoint:ep", extra=runpod_env.env())
+    assert proc.returncode == 2 and "pass --endpoint-type lb or --endpoint-type queue" in error_line(proc)
+    given = cli(lifecycle, "deploy", lifecycle["name"], "1.1.0", "--target", "endpoint:ep", "--endpoint-type", "lb",
+                "--poll", "0.05", extra=runpod_env.env())
+    assert given.returncode == 0, given.stderr
+    assert runpod_env.image_of("ep") == f"{repo}@{new}"
+
+
+def test_template_names_are_unique_per_deploy_and_unused_ones_are_tidied(lifecycle, runpod_env, tmp_path: Path) -> None:
+    repo = f"{lifecycle['registry']}/{lifecycle['name']}"
+    a, b = version(lifecycle, "1.0.0"), version(lifecycle, "1.1.0")
+    runpod_env.add_endpoint("ep", f"{repo}@{a}")
+    runpod_env.add_endpoint("other", f"{repo}@{a}")
+    config = tmp_path / "builder.yaml"
+    config.write_text("deploy:\n  keep_templates: 1\n")
+    extra = {**runpod_env.env(), "BUILDER_CONFIG": str(config)}
+    for v in ("1.1.0", "1.0.0", "1.1.0", "1.0.0"):  # the same versions again, as rollbacks do
+        proc = cli(lifecycle, "deploy", lifecycle["name"], v, "--target", "endpoint:ep", "--poll", "0.05", extra=extra)
+        assert proc.returncode == 0, proc.stderr
+    templates = runpod_env.state.templates.values()
+    ours = [t for t in templates if t["name"].startswith("builder-")]
+    in_use = {e.template_id for e in runpod_env.state.endpoints.values()}
+    assert len({t["name"] for t in ours}) == len(ours)
+    assert len([t for t in ours if t["id"] not in in_use]) == 1  # kept: the newest unused one
+    assert {"ep-initial", "other-initial"} <= {t["name"] for t in templates}  # never one builder did not make
+    assert "deleted unused template builder-" in proc.stderr
+    assert runpod_env.image_of("ep") == f"{repo}@{a}"

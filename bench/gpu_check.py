@@ -9,7 +9,10 @@ Two steps, because the GPU machine has no network and lacks diffusers, pydantic 
 downloads the Python 3.12 wheels the check needs. `run` installs those wheels into a private
 directory (never into the machine's Python), then runs `server.smoke` (the same code the
 build's smoke gate runs) for each model on the device, and prints load seconds, first-inference
-seconds, peak GPU memory, dtype and the verdict. Exit code 1 if any smoke failed.
+seconds, peak GPU memory, dtype, the memory policy used (server/memory.py) and the verdict.
+`run --policies none,model,sequential` runs each model once per offload policy (the manifest's
+serving.memory.offload replaced), so the table shows each stand-in's peak GPU memory under each.
+Exit code 1 if any smoke failed.
 
 With the device tool, carry is limited to 64 MiB a call, and OpenCV's and PyAV's wheels (for
 the InstantID and MuseTalk stand-ins) are 62 and 36 MB: `prepare` splits the bundle in three,
@@ -92,30 +95,45 @@ def _install_wheels() -> Path | None:
     return target
 
 
-def run(device: str) -> int:
+def _manifest_with(model: str, policy: str | None) -> Path:
+    """The model's image manifest, with serving.memory.offload replaced when a policy is given."""
+    path = WORK / "models" / f"{model}.json"
+    if policy is None:
+        return path
+    document = json.loads(path.read_text())
+    document.setdefault("serving", {}).setdefault("memory", {})["offload"] = policy
+    changed = WORK / "models" / f"{model}.{policy}.json"
+    changed.write_text(json.dumps(document))
+    return changed
+
+
+def run(device: str, policies: list[str | None]) -> int:
     site = _install_wheels()
     env_path = os.pathsep.join([str(ROOT)] + ([str(site)] if site else []))
     rows = []
     for model in MODELS:
-        env = {**os.environ, "PYTHONPATH": env_path, "BUILDER_MANIFEST": str(WORK / "models" / f"{model}.json"),
-               "BUILDER_MODEL_DIR": str(WORK / "models" / model), "BUILDER_DEVICE": device, "HF_HUB_OFFLINE": "1"}
-        proc = subprocess.run([sys.executable, "-m", "server.smoke"], env=env, capture_output=True, text=True,
-                              timeout=600, cwd=ROOT)
-        try:
-            result = json.loads(proc.stdout.strip().splitlines()[-1])
-        except (IndexError, ValueError):
-            result = {"passed": False, "reason": (proc.stderr.strip().splitlines() or ["no output"])[-1][:120]}
-        rows.append((model, result))
+        for policy in policies:
+            env = {**os.environ, "PYTHONPATH": env_path, "BUILDER_MANIFEST": str(_manifest_with(model, policy)),
+                   "BUILDER_MODEL_DIR": str(WORK / "models" / model), "BUILDER_DEVICE": device, "HF_HUB_OFFLINE": "1"}
+            proc = subprocess.run([sys.executable, "-m", "server.smoke"], env=env, capture_output=True, text=True,
+                                  timeout=600, cwd=ROOT)
+            try:
+                result = json.loads(proc.stdout.strip().splitlines()[-1])
+            except (IndexError, ValueError):
+                result = {"passed": False, "reason": (proc.stderr.strip().splitlines() or ["no output"])[-1][:120]}
+            rows.append((model, result))
     card = "cpu"
     if device == "cuda":
         import torch
 
         card = torch.cuda.get_device_name(0)
     print(f"GPU check on {card}, Python {platform.python_version()}")
-    print(f"{'model':14} {'passed':7} {'load s':>7} {'infer s':>8} {'peak GPU MB':>12} {'dtype':>9}  reason")
+    print(f"{'model':14} {'policy':10} {'passed':7} {'load s':>7} {'infer s':>8} {'peak GPU MB':>12} {'dtype':>9}  reason")
     for model, r in rows:
-        print(f"{model:14} {str(r.get('passed')):7} {r.get('load_seconds') or 0:7.2f} {r.get('inference_seconds') or 0:8.3f} "
-              f"{r.get('peak_gpu_mb') or 0:12.1f} {r.get('dtype') or '-':>9}  {r.get('reason') or ''}")
+        policy = (r.get("memory") or {}).get("policy", "-")
+        print(f"{model:14} {policy:10} {str(r.get('passed')):7} {r.get('load_seconds') or 0:7.2f} "
+              f"{r.get('inference_seconds') or 0:8.3f} {r.get('peak_gpu_mb') or 0:12.1f} {r.get('dtype') or '-':>9}  "
+              f"{r.get('reason') or ''}")
     return 0 if all(r.get("passed") for _, r in rows) else 1
 
 
@@ -123,11 +141,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("step", choices=["prepare", "run"])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--policies", default="", help="Comma-separated offload policies to run each model under "
+                                                        "(none,model,sequential,auto); default: as each manifest says.")
     args = parser.parse_args()
     if args.step == "prepare":
         prepare()
     else:
-        sys.exit(run(args.device))
+        sys.exit(run(args.device, [p for p in args.policies.split(",") if p] or [None]))
 
 
 if __name__ == "__main__":

@@ -302,6 +302,65 @@ class SmokeTest(_Strict):
     )
 
 
+class FieldPolicy(_Strict):
+    """One request field's default and bounds for this model (inside the server's own hard limits)."""
+
+    default: Scalar | None = Field(default=None, description="Value when the request leaves the field out.")
+    min: float | None = Field(default=None, description="Smallest accepted value (for text: fewest characters).")
+    max: float | None = Field(default=None, description="Largest accepted value (for text: most characters).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "FieldPolicy":
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+        if isinstance(self.default, (int, float)) and not isinstance(self.default, bool):
+            if (self.min is not None and self.default < self.min) or (self.max is not None and self.default > self.max):
+                raise ValueError(f"default {self.default:g} is outside [{self.min}, {self.max}]")
+        return self
+
+
+class MemoryPolicy(_Strict):
+    """How the weights sit on the GPU (diffusers pipelines; other loaders move the whole model)."""
+
+    offload: Literal["none", "model", "sequential", "auto"] = Field(
+        default="auto",
+        description="none: everything on the GPU; model: one component on the GPU at a time (diffusers' model CPU "
+                    "offload); sequential: layer by layer (slowest, least memory); auto: chosen at load from the GPU's "
+                    "free memory and each component's weight size.",
+    )
+    vae_tiling: bool = Field(default=False, description="Decode large images in tiles (less memory, slower).")
+    vae_slicing: bool = Field(default=False, description="Decode a batch one image at a time.")
+    min_gpu_memory_gb: float | None = Field(
+        default=None, gt=0, le=1024,
+        description="The smallest GPU (GB, as RunPod lists them) this model serves on under its policy; an image label, "
+                    "checked by `builder deploy` against the target's GPU types.",
+    )
+    headroom_gb: float = Field(default=1.0, ge=0, le=64,
+                               description="GPU memory auto keeps free beyond the weights, for activations.")
+
+
+class Serving(_Strict):
+    """How the model is served: request defaults and bounds, unsupported fields, memory, body size."""
+
+    request: dict[Annotated[str, AfterValidator(_matching(_IDENT, "a request field name"))], FieldPolicy] = Field(
+        default_factory=dict,
+        description="Per request field of the task: default and bounds the model's authors recommend.",
+    )
+    unsupported: tuple[Annotated[str, AfterValidator(_matching(_IDENT, "a request field name"))], ...] = Field(
+        default=(), description="Optional request fields this model would ignore: a request that sends one gets a 422.",
+    )
+    true_cfg_scale: float | None = Field(
+        default=None, gt=1.0, le=30.0,
+        description="Negative prompts through true classifier-free guidance at this scale (FLUX.1-dev: its distilled "
+                    "guidance ignores negative_prompt otherwise); each step then runs the model twice.",
+    )
+    memory: MemoryPolicy = Field(default_factory=MemoryPolicy, description="GPU memory policy.")
+    max_body_bytes: int | None = Field(
+        default=None, ge=1024, le=512 * 1024 * 1024,
+        description="Largest request body accepted (413 beyond); default by task: 1 MiB for text, 64 MiB with media.",
+    )
+
+
 Task = Literal["text-to-image", "identity-to-image", "text-generation", "feature-extraction", "text-to-speech", "lip-sync"]
 _OUTPUT_OF_TASK = {"text-to-image": "image", "identity-to-image": "image", "text-generation": "text",
                    "feature-extraction": "embedding", "text-to-speech": "audio", "lip-sync": "video"}
@@ -309,6 +368,43 @@ _LOADER_OF_PROFILE = {"hf-diffusers-standard": "diffusers", "hf-transformers-sta
 
 
 _OMITTED_WHEN_EMPTY = (("entrypoint", "options"), ("smoke_test", "files"))
+_DEFAULT_SERVING = Serving().model_dump(mode="json")
+
+
+def _check_smoke_within(serving: Serving, smoke: SmokeTest) -> None:
+    """The smoke's request must be one the served model accepts."""
+    for name in serving.unsupported:
+        if name in smoke.inputs:
+            raise ValueError(f"smoke_test.inputs.{name}: serving.unsupported lists it")
+    for name, policy in serving.request.items():
+        value = smoke.inputs.get(name)
+        if isinstance(value, str):
+            value = len(value)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        if (policy.min is not None and value < policy.min) or (policy.max is not None and value > policy.max):
+            raise ValueError(f"smoke_test.inputs.{name}: {value:g} is outside serving.request.{name} "
+                             f"[{policy.min}, {policy.max}]")
+
+
+def _check_serving(serving: Serving, task: str) -> None:
+    """Fields named in serving must be the task's request fields; bounds only on numbers or text."""
+    from server.schemas import REQUEST_OF_TASK  # the request models are the server's: one definition
+
+    model = REQUEST_OF_TASK.get(task)
+    if model is None:
+        return
+    fields = model.model_fields
+    for name in [*serving.request, *serving.unsupported]:
+        if name not in fields:
+            raise ValueError(f"serving: {name!r} is not a request field of {task} ({', '.join(fields)})")
+    for name in serving.unsupported:
+        if fields[name].is_required():
+            raise ValueError(f"serving.unsupported: {name!r} is required by {task}: it cannot be unsupported")
+        if name in serving.request:
+            raise ValueError(f"serving: {name!r} is both given a policy and unsupported")
+    if serving.true_cfg_scale is not None and ("negative_prompt" not in fields or "negative_prompt" in serving.unsupported):
+        raise ValueError("serving.true_cfg_scale: only for a task with negative_prompt, and not with it unsupported")
 
 
 class Manifest(_Strict):
@@ -332,6 +428,7 @@ class Manifest(_Strict):
     entrypoint: Entrypoint = Field(description="Loader, class or function, and dtype the server uses.")
     runtime: Runtime = Field(description="Base image, Python and packages.")
     smoke_test: SmokeTest = Field(description="The gate between a built image and a pushed one.")
+    serving: Serving = Field(default_factory=Serving, description="Request defaults and bounds, memory policy.")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Manifest":
@@ -346,6 +443,8 @@ class Manifest(_Strict):
                 if dest in seen:
                     raise ValueError(f"{where} lands on {dest}, as {seen[dest]} does: give one of them another target")
                 seen[dest] = where
+        _check_serving(self.serving, self.task)
+        _check_smoke_within(self.serving, self.smoke_test)
         expected = _OUTPUT_OF_TASK.get(self.task)
         if expected is not None and self.smoke_test.expect.kind != expected:
             raise ValueError(f"task {self.task} produces {expected}; smoke_test.expect.kind is {self.smoke_test.expect.kind}")
@@ -372,6 +471,8 @@ class Manifest(_Strict):
         for section, key in _OMITTED_WHEN_EMPTY:
             if not document[section][key]:
                 del document[section][key]
+        if document["serving"] == _DEFAULT_SERVING:
+            del document["serving"]
         return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
     @property

@@ -195,6 +195,9 @@ def labels(manifest: Manifest, options: RenderOptions) -> tuple[tuple[str, str],
         (f"{LABEL_PREFIX}.locked", "true" if manifest.locked else "false"),
         (f"{LABEL_PREFIX}.builder.version", __version__),
     ]
+    memory = manifest.serving.memory
+    if memory.min_gpu_memory_gb is not None:  # `builder deploy` compares it with the target's GPU types
+        items.append((f"{LABEL_PREFIX}.min_gpu_memory_gb", f"{memory.min_gpu_memory_gb:g}"))
     return tuple(items)
 
 

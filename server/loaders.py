@@ -19,6 +19,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from server.errors import InputError, LoadError
+from server.memory import apply as apply_memory_plan
+from server.memory import plan_for
 from server.spec import ModelSpec
 
 __all__ = ["AudioOutput", "EmbeddingOutput", "ImageOutput", "InputError", "LoadError", "Predictor", "TextOutput",
@@ -115,10 +117,14 @@ class DiffusersTextToImage:
             raise LoadError(f"diffusers {diffusers.__version__} has no pipeline class {spec.class_name}")
         dtype = torch_dtype(spec.dtype, device)
         self.pipe = pipeline_class.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
-        self.pipe.to(device)
+        self.memory = plan_for(spec, device, self.pipe)
+        apply_memory_plan(self.pipe, self.memory, device)
         self.pipe.set_progress_bar_config(disable=True)
         self.device = device
         self.dtype = str(dtype).removeprefix("torch.")
+        # FLUX.1-dev's distilled guidance ignores negative_prompt; true CFG (a second, negative pass
+        # per step) makes it count, where the manifest declares a scale for it.
+        self.true_cfg_scale = (getattr(spec, "serving", None) or {}).get("true_cfg_scale")
 
     def predict(self, request: Any) -> ImageOutput:
         import torch
@@ -137,6 +143,8 @@ class DiffusersTextToImage:
         )
         if request.negative_prompt is not None:
             kwargs["negative_prompt"] = request.negative_prompt
+            if self.true_cfg_scale is not None:
+                kwargs["true_cfg_scale"] = self.true_cfg_scale
         with torch.inference_mode():
             result = self.pipe(**kwargs)
         pixels = np.asarray(result.images[0], dtype=np.float32)

@@ -93,6 +93,8 @@ def run_smoke(settings: Settings) -> dict[str, Any]:
         result["reason"] = str(error) if isinstance(error, LoadError) else f"load failed: {type(error).__name__}: {error}"
         return result
     result["device"], result["dtype"] = predictor.device, predictor.dtype
+    if getattr(predictor, "memory", None) is not None:  # where the weights sat, and why (server/memory.py)
+        result["memory"] = predictor.memory.as_dict()
 
     max_seconds = float(smoke["max_seconds"])
     started = time.perf_counter()

@@ -433,3 +433,30 @@ def test_template_names_are_unique_per_deploy_and_unused_ones_are_tidied(lifecyc
     assert {"ep-initial", "other-initial"} <= {t["name"] for t in templates}  # never one builder did not make
     assert "deleted unused template builder-" in proc.stderr
     assert runpod_env.image_of("ep") == f"{repo}@{a}"
+
+
+def test_deploy_refuses_gpus_smaller_than_the_image_needs(lifecycle, runpod_env) -> None:
+    """Issue 12: min_gpu_memory_gb travels as an image label; deploy compares the target's GPU types."""
+    repo = f"{lifecycle['registry']}/{lifecycle['name']}"
+    digest = push_fake_image(lifecycle["registry"], lifecycle["name"], "1.0.0", "1.0.0", "2026-11-01T00:00:00Z",
+                             labels={"io.builder.min_gpu_memory_gb": "40"})
+    lifecycle["client"].record_smoke(lifecycle["name"], digest, {"passed": True})
+    runpod_env.add_endpoint("small", "old/image@sha256:" + "1" * 64, gpu_ids="ADA_48_PRO,AMPERE_24")
+    runpod_env.add_endpoint("large", "old/image@sha256:" + "1" * 64, gpu_ids="AMPERE_80,-NVIDIA A100 80GB PCIe")
+    runpod_env.add_endpoint("named", "old/image@sha256:" + "1" * 64, gpu_ids="NVIDIA L40S,Some Future GPU")
+    runpod_env.add_pod("pod-small", "old/image@sha256:" + "1" * 64, gpu="RTX A5000")
+    small = cli(lifecycle, "deploy", lifecycle["name"], "1.0.0", "--target", "endpoint:small", extra=runpod_env.env())
+    assert small.returncode == 2
+    assert ("endpoint:small may run on AMPERE_24 (24 GB) and" in error_line(small)
+            and "needs at least 40 GB (serving.memory.min_gpu_memory_gb)" in error_line(small))
+    pod = cli(lifecycle, "deploy", lifecycle["name"], "1.0.0", "--target", "pod:pod-small", extra=runpod_env.env())
+    assert pod.returncode == 2 and "pod:pod-small may run on RTX A5000 (24 GB)" in error_line(pod)
+    named = cli(lifecycle, "deploy", lifecycle["name"], "1.0.0", "--target", "endpoint:named", extra=runpod_env.env())
+    assert named.returncode == 2 and "whose memory RunPod did not list (Some Future GPU)" in error_line(named)
+    large = cli(lifecycle, "deploy", lifecycle["name"], "1.0.0", "--target", "endpoint:large", "--poll", "0.05",
+                extra=runpod_env.env())
+    assert large.returncode == 0, large.stderr
+    forced = cli(lifecycle, "deploy", lifecycle["name"], "1.0.0", "--target", "endpoint:small", "--force", "--reason",
+                 "the 48 GB pool is pinned in the console", "--poll", "0.05", extra=runpod_env.env())
+    assert forced.returncode == 0, forced.stderr
+    assert runpod_env.image_of("small") == f"{repo}@{digest}"

@@ -202,3 +202,38 @@ def test_every_schema_field_has_a_description() -> None:
 def test_the_custom_tasks_expect_their_kind_of_output(demo_manifest_data: dict, task: str, expect: dict, message: str) -> None:
     data = with_change(with_change(demo_manifest_data, "task", task), "smoke_test.expect", expect)
     assert message in problem_of(data)
+
+
+# -- serving (issue 12) ---------------------------------------------------------------------------
+def _with_serving(data: dict, serving: dict) -> dict:
+    import copy as _copy
+
+    changed = _copy.deepcopy(data)
+    changed["serving"] = serving
+    return changed
+
+
+@pytest.mark.parametrize("serving, problem", [
+    ({"request": {"colour": {"default": 1}}}, "serving: 'colour' is not a request field of text-to-image"),
+    ({"unsupported": ["prompt"]}, "'prompt' is required by text-to-image: it cannot be unsupported"),
+    ({"unsupported": ["seed"], "request": {"seed": {"default": 1}}}, "'seed' is both given a policy and unsupported"),
+    ({"request": {"num_inference_steps": {"min": 10, "max": 5}}}, "min 10 is above max 5"),
+    ({"request": {"num_inference_steps": {"default": 50, "max": 20}}}, "default 50 is outside [None, 20.0]"),
+    ({"request": {"num_inference_steps": {"max": 1}}}, "smoke_test.inputs.num_inference_steps: 2 is outside"),
+    ({"unsupported": ["negative_prompt"]}, "smoke_test.inputs.negative_prompt: serving.unsupported lists it"),
+    ({"true_cfg_scale": 4.0, "unsupported": ["negative_prompt"]}, "serving.true_cfg_scale: only for a task"),
+    ({"memory": {"offload": "half"}}, "serving.memory.offload"),
+])
+def test_serving_is_checked_against_the_task_and_the_smoke(demo_manifest_data: dict, serving: dict, problem: str) -> None:
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(yaml.safe_dump(_with_serving(demo_manifest_data, serving)), "demo.yaml")
+    assert problem in " ".join(caught.value.problems or (str(caught.value),))
+
+
+def test_a_manifest_without_serving_keeps_its_digest(demo_manifest_data: dict) -> None:
+    plain = parse_manifest(yaml.safe_dump(demo_manifest_data), "demo.yaml")
+    explicit = parse_manifest(yaml.safe_dump(_with_serving(demo_manifest_data, {"memory": {"offload": "auto"}})), "demo.yaml")
+    assert plain.digest == explicit.digest  # the defaults spelled out are the defaults
+    tightened = parse_manifest(yaml.safe_dump(_with_serving(demo_manifest_data, {"memory": {"min_gpu_memory_gb": 8}})),
+                               "demo.yaml")
+    assert tightened.digest != plain.digest

@@ -204,3 +204,14 @@ def test_smoke_files_must_ship_under_server(project, tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match=r"^m: smoke_test.files.audio: no file assets/smoke/missing.wav under "):
         write_context(broken, "m", RenderOptions(), project, tmp_path / "broken")
     assert not (tmp_path / "broken").exists()
+
+
+def test_the_minimum_gpu_memory_is_an_image_label(project) -> None:
+    """Issue 12: `builder deploy` reads it from the registry to refuse GPUs too small."""
+    from builder.render import RenderOptions, render_dockerfile
+
+    text = render_dockerfile(load_manifest(ROOT / "manifests/tiny-flux.yaml"), "manifests/tiny-flux.yaml",
+                             RenderOptions(), project)
+    assert '"io.builder.min_gpu_memory_gb"="24"' in text
+    demo = render_dockerfile(load_manifest(ROOT / "manifests/demo.yaml"), "manifests/demo.yaml", RenderOptions(), project)
+    assert "min_gpu_memory_gb" not in demo  # nothing declared, nothing claimed

@@ -11,7 +11,16 @@ import yaml
 from builder.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
-ALLOWED = {"name", "version", "description", "license", "sources", "smoke_test"}
+ALLOWED = {"name", "version", "description", "license", "sources", "smoke_test", "serving"}
+SIZES = ("width", "height", "num_inference_steps")
+
+
+def same_serving_but_sizes(real: dict, tiny: dict) -> None:
+    """The stand-in serves as the production model does, at its own (CPU) image sizes."""
+    strip = lambda serving: {**serving, "request": {k: v for k, v in serving.get("request", {}).items()  # noqa: E731
+                                                    if k not in SIZES}}
+    assert strip(real["serving"]) == strip(tiny["serving"])
+    assert set(real["serving"].get("request", {})) == set(tiny["serving"].get("request", {}))
 
 
 @pytest.mark.parametrize(("production", "stand_in"), [("flux", "tiny-flux"), ("z-image", "tiny-z-image")])
@@ -22,6 +31,7 @@ def test_stand_in_differs_only_in_source_and_sizes(production: str, stand_in: st
     # the smoke asks the same of both, at another size
     shape = lambda data: {k: v for k, v in data["smoke_test"]["inputs"].items() if k not in ("width", "height", "num_inference_steps")}  # noqa: E731
     assert shape(real) == shape(tiny)
+    same_serving_but_sizes(real, tiny)
     assert load_manifest(ROOT / "manifests" / f"{stand_in}.yaml").locked
 
 
@@ -46,6 +56,7 @@ def test_custom_stand_in_differs_only_where_the_cpu_cannot_follow(production: st
     assert {k: v for k, v in real["runtime"].items() if k not in ("packages", "system_packages")} == \
         {k: v for k, v in tiny["runtime"].items() if k not in ("packages", "system_packages")}
     assert real["smoke_test"]["files"] == tiny["smoke_test"]["files"]
+    same_serving_but_sizes(real, tiny)
     # the same sources, by target: each tiny repository stands in for one real one
     assert [s.get("target", "") for s in real["sources"] if s.get("target")] == [s["target"] for s in tiny["sources"]]
     assert load_manifest(ROOT / "manifests" / f"{stand_in}.yaml").locked

@@ -27,6 +27,7 @@ class Release:
     digest: str
     target: str
     production: bool
+    gpus: tuple[tuple[str, float | None], ...] = ()  # the GPU types the target may run on, memory in GB
 
 
 def problems(client: RegistryClient, ledger: Ledger, release: Release,
@@ -42,6 +43,7 @@ def problems(client: RegistryClient, ledger: Ledger, release: Release,
         check_image(labels, reference)
     except InputError as exc:
         found.append(str(exc))
+    found.extend(_gpu_problems(labels, release, reference))
     if not release.production:
         return found
     if not any(entry.digest == release.digest for entry in stage_history(client, release.name, "production")):
@@ -56,6 +58,26 @@ def problems(client: RegistryClient, ledger: Ledger, release: Release,
         except BuilderError as exc:
             found.append(str(exc))
     return found
+
+
+def _gpu_problems(labels: dict[str, str], release: Release, reference: str) -> list[str]:
+    """A target whose GPUs have less memory than the image's serving policy needs."""
+    try:
+        needed = float(labels.get("io.builder.min_gpu_memory_gb") or 0)
+    except ValueError:
+        return []
+    if not needed or not release.gpus:
+        return []
+    small = [f"{name} ({gb:g} GB)" for name, gb in release.gpus if gb is not None and gb < needed]
+    unknown = [name for name, gb in release.gpus if gb is None]
+    problems = []
+    if small:
+        problems.append(f"{release.target} may run on {', '.join(small)} and {reference} needs at least {needed:g} GB "
+                        f"(serving.memory.min_gpu_memory_gb): choose GPU types with more memory for the target")
+    if unknown:
+        problems.append(f"{release.target} may run on GPU types whose memory RunPod did not list ({', '.join(unknown)}) "
+                        f"and {reference} needs at least {needed:g} GB")
+    return problems
 
 
 def enforce(found: list[str], force: bool, reason: str | None) -> str | None:

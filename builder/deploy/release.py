@@ -40,7 +40,7 @@ def _manifest(manifests_dir: Path, name: str) -> tuple[Manifest, str] | None:
 def _go(runpod: RunPod, client: RegistryClient, ledger: Ledger, manifests_dir: Path, name: str,
         version: str | None, image: str, target: Target, options: DeployOptions, say: Say) -> DeployResult:
     digest = digest_of(image) or ""
-    release = Release(name, version, digest, str(target), options.production)
+    release = Release(name, version, digest, str(target), options.production, tuple(runpod.target_gpus(target)))
     forced = enforce(problems(client, ledger, release, _manifest(manifests_dir, name)), options.force, options.reason)
     if forced:
         say(f"release gates overridden (--force): {forced}")

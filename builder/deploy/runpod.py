@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -194,6 +195,35 @@ class RunPod:
         except ValueError:
             return PodStatus(True, False, None, "the server's /metadata is not JSON")
         return PodStatus(True, body.get("status") == "ready", body.get("version"), f"model {body.get('status')}")
+
+    # -- GPUs ----------------------------------------------------------------------------------
+    def gpu_types(self) -> dict[str, float]:
+        """GPU memory in GB by GPU type id and by display name (RunPod's gpuTypes)."""
+        types = self._call("list GPU types", self._runpod.get_gpus)
+        memory: dict[str, float] = {}
+        for gpu in types or []:
+            if gpu.get("memoryInGb"):
+                memory[gpu["id"]] = memory[gpu.get("displayName") or gpu["id"]] = float(gpu["memoryInGb"])
+        return memory
+
+    def target_gpus(self, target) -> list[tuple[str, float | None]]:
+        """The GPUs a target may run on, with their memory in GB (None: unknown); [] for a template."""
+        if target.kind == "template":
+            return []
+        memory = self.gpu_types()
+        if target.kind == "pod":
+            data = self._query(f"read the GPU of pod {target.id}", f"query {{ pod(input: {{ podId: {_quote(target.id)} }}) "
+                                                                  "{ id machine { gpuDisplayName } } }")
+            name = ((data.get("pod") or {}).get("machine") or {}).get("gpuDisplayName")
+            return [(name, memory.get(name))] if name else []
+        gpus = []
+        for token in str(self.endpoint(target.id).get("gpuIds") or "").split(","):
+            token = token.strip()
+            if not token or token.startswith("-"):  # "-NVIDIA ..." excludes a type from a pool
+                continue
+            pool = re.fullmatch(r"[A-Z]+_(\d+)(?:_PRO)?", token)  # RunPod's pools: AMPERE_24, ADA_48_PRO, HOPPER_141
+            gpus.append((token, float(pool.group(1)) if pool else memory.get(token)))
+        return gpus
 
     # -- any target ----------------------------------------------------------------------------
     def current_image(self, target) -> str | None:

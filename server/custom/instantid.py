@@ -34,6 +34,8 @@ from server.custom.layout import part, require
 from server.errors import LoadError
 from server.loaders import ImageOutput, torch_dtype
 from server.media import decode_image
+from server.memory import apply as apply_memory_plan
+from server.memory import plan_for
 from server.spec import ModelSpec
 
 # Colours of the pose map's five landmarks (eyes, nose, mouth corners), as RGB.
@@ -81,7 +83,8 @@ class InstantID:
         # image_encoder_folder=None: the identity embedding comes from face analysis, not CLIP.
         self.pipe.load_ip_adapter(str(adapter.parent), subfolder="", weight_name=adapter.name,
                                   image_encoder_folder=None, low_cpu_mem_usage=False)
-        self.pipe.to(device)
+        self.memory = plan_for(spec, device, self.pipe)  # SDXL, its ControlNet and the adapter: about 8 GB in fp16
+        apply_memory_plan(self.pipe, self.memory, device)
         self.pipe.set_progress_bar_config(disable=True)
         self.device, self.torch_dtype = device, dtype
         self.dtype = str(dtype).removeprefix("torch.")

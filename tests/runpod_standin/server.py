@@ -11,7 +11,8 @@ endpoints of two types (`QB` queue-based, `LB` load-balancing; `updateEndpointTe
 one to a template), pods (`pod`, `podEditJob`: the pod restarts on the new image), a Bearer API
 key (401 otherwise, which the SDK raises as AuthenticationError), GraphQL errors in the standard
 `{"errors": [...]}` shape (the SDK raises QueryError), and the health document
-`{"jobs": {...}, "workers": {"idle", "initializing", "ready", "running", "throttled", "unhealthy"}}`.
+`{"jobs": {...}, "workers": {"idle", "initializing", "ready", "running", "throttled", "unhealthy"}}`,
+and a few GPU types (`gpuTypes`; endpoints' `gpuIds` pools, pods' `machine { gpuDisplayName }`).
 
 Two ways to run workers:
 - with a Docker client (`docker=`), as RunPod does (tests/runpod_standin/workers.py): the image is
@@ -52,7 +53,12 @@ SCHEMA = build_schema("""
 type Query {
   myself: User!
   pod(input: PodFilter!): Pod
+  gpuTypes(input: GpuTypeFilter): [GpuType]
 }
+
+input GpuTypeFilter { id: String }
+type GpuType { id: String! displayName: String memoryInGb: Int }
+type PodMachine { gpuDisplayName: String }
 
 type Mutation {
   saveTemplate(input: SaveTemplateInput): PodTemplate
@@ -149,6 +155,7 @@ type Pod {
   volumeMountPath: String
   desiredStatus: String
   runtime: PodRuntime
+  machine: PodMachine
 }
 
 input PodEditJobInput {
@@ -165,6 +172,12 @@ input PodEditJobInput {
 """)
 
 _WORKER_KEY = "rp-worker-key"  # what RunPod gives a worker in RUNPOD_AI_API_KEY
+# A few of RunPod's GPU types (id, display name, memory in GB), as its gpuTypes query lists them.
+GPU_TYPES = (
+    ("NVIDIA RTX A5000", "RTX A5000", 24), ("NVIDIA GeForce RTX 4090", "RTX 4090", 24),
+    ("NVIDIA L40S", "L40S", 48), ("NVIDIA A100 80GB PCIe", "A100 PCIe", 80),
+    ("NVIDIA H100 80GB HBM3", "H100 SXM", 80), ("NVIDIA H200", "H200 SXM", 141),
+)
 
 
 def _env(items: list[dict[str, str]] | None) -> dict[str, str]:
@@ -209,6 +222,7 @@ class EndpointState:
     name: str
     template_id: str
     type: str = "QB"  # QB (queue-based) | LB (load-balancing)
+    gpu_ids: str = "AMPERE_24"  # RunPod's GPU pools (AMPERE_24, ADA_48_PRO...) or GPU type ids, comma-separated
     polls_since_switch: int = 0
     old_workers: int = 0  # polls after a switch during which the old ready worker is still reported
     workers: list[Worker] = field(default_factory=list)
@@ -222,6 +236,7 @@ class PodState:
     image: str
     env: dict[str, str]
     ports: str = "8000/http"
+    gpu: str = "RTX A5000"  # the machine's GPU, by display name
     worker: Worker | None = None
     restarted: float = field(default_factory=time.monotonic)
 
@@ -252,7 +267,7 @@ class RunPodState:
         }
 
     def _endpoint(self, endpoint: EndpointState) -> dict[str, Any]:
-        return {"id": endpoint.id, "name": endpoint.name, "templateId": endpoint.template_id, "gpuIds": "AMPERE_24",
+        return {"id": endpoint.id, "name": endpoint.name, "templateId": endpoint.template_id, "gpuIds": endpoint.gpu_ids,
                 "workersMin": 0, "workersMax": 3, "workersStandby": 0, "gpuCount": 1, "env": [], "type": endpoint.type,
                 "userId": "user-1", "version": 1, "scalerType": "QUEUE_DELAY", "scalerValue": 4, "idleTimeout": 5}
 
@@ -297,7 +312,8 @@ class RunPodState:
             return None
         return {"id": pod.id, "name": pod.name, "imageName": pod.image, "env": [f"{k}={v}" for k, v in pod.env.items()],
                 "ports": pod.ports, "dockerArgs": "", "containerDiskInGb": 20, "volumeInGb": 0, "volumeMountPath": None,
-                "desiredStatus": "RUNNING", "runtime": {"uptimeInSeconds": int(time.monotonic() - pod.restarted)}}
+                "desiredStatus": "RUNNING", "runtime": {"uptimeInSeconds": int(time.monotonic() - pod.restarted)},
+                "machine": {"gpuDisplayName": pod.gpu}}
 
     def edit_pod(self, data: dict[str, Any]) -> dict[str, Any]:
         pod = self.pods.get(data["podId"])
@@ -448,6 +464,8 @@ class _Handler(BaseHTTPRequestHandler):
         root = {
             "myself": lambda info: state.myself(),
             "pod": lambda info, input: state.pod(input["podId"]),
+            "gpuTypes": lambda info, input=None: [{"id": i, "displayName": d, "memoryInGb": m} for i, d, m in GPU_TYPES
+                                                  if not input or input.get("id") in (None, i)],
             "saveTemplate": lambda info, input: state.save_template(input),
             "updateEndpointTemplate": lambda info, input: state.update_endpoint_template(input["endpointId"],
                                                                                          input["templateId"]),
@@ -610,19 +628,21 @@ class RunPodStandIn:
                 "RUNPOD_API_KEY": self.state.api_key, "RUNPOD_POD_PROXY_URL": f"{self.url}/pod/{{pod_id}}-{{port}}"}
 
     def add_endpoint(self, endpoint_id: str, image: str, env: dict[str, str] | None = None,
-                     registry_auth: str | None = None, type: str = "QB") -> str:  # noqa: A002 - RunPod's name
+                     registry_auth: str | None = None, type: str = "QB",  # noqa: A002 - RunPod's name
+                     gpu_ids: str = "AMPERE_24") -> str:
         with self.state.lock:
             template = self.state.save_template({
                 "name": f"{endpoint_id}-initial", "imageName": image, "isServerless": True,
                 "env": [{"key": k, "value": v} for k, v in (env or {}).items()],
                 "containerRegistryAuthId": registry_auth})
-            self.state.endpoints[endpoint_id] = EndpointState(endpoint_id, endpoint_id, template["id"], type,
+            self.state.endpoints[endpoint_id] = EndpointState(endpoint_id, endpoint_id, template["id"], type, gpu_ids,
                                                               polls_since_switch=10**6)
         return template["id"]
 
-    def add_pod(self, pod_id: str, image: str, env: dict[str, str] | None = None, ports: str = "8000/http") -> None:
+    def add_pod(self, pod_id: str, image: str, env: dict[str, str] | None = None, ports: str = "8000/http",
+                gpu: str = "RTX A5000") -> None:
         with self.state.lock:
-            pod = PodState(pod_id, pod_id, image, dict(env or {}), ports)
+            pod = PodState(pod_id, pod_id, image, dict(env or {}), ports, gpu)
             self.state.pods[pod_id] = pod
             if self.state.workers is not None:
                 pod.worker = self.state.workers.start(Worker(pod_id, image, "http", dict(pod.env)))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from builder import __version__
@@ -77,7 +78,7 @@ def validate(ctx: click.Context, targets: tuple[str, ...], as_json: bool) -> Non
         except ManifestError as exc:
             failed += 1
             for problem in exc.problems or (str(exc),):
-                err.print(f"[red]error:[/red] {problem}", markup=True)
+                err.print(f"[red]error:[/red] {escape(problem)}", markup=True)
             if as_json:
                 click.echo(json.dumps({"path": display_path(path), "valid": False, "problems": list(exc.problems or (str(exc),))}))
             continue
@@ -162,7 +163,7 @@ def build(ctx: click.Context, target: str, registry: str | None, push: bool, bas
     options = BuildOptions(registry=registry, push=push, base_image=base_image, gpus=gpus, no_cache=no_cache,
                            network=network, ca_bundle=ca_bundle, pip_conf=pip_conf, hf_endpoint=hf_endpoint)
     def say(message: str) -> None:
-        err.print(f"[bold cyan]==>[/bold cyan] {message}", markup=True)
+        err.print(f"[bold cyan]==>[/bold cyan] {escape(message)}", markup=True)
 
     def echo_build(line: str) -> None:
         if not quiet:
@@ -471,7 +472,7 @@ def _deploy_call(ctx: click.Context, kw: dict):
 
 
 def _say(message: str) -> None:
-    err.print(f"[bold cyan]==>[/bold cyan] {message}", markup=True)
+    err.print(f"[bold cyan]==>[/bold cyan] {escape(message)}", markup=True)
 
 
 @cli.command()

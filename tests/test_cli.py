@@ -163,3 +163,15 @@ def test_bad_flags_are_exit_2_with_one_line() -> None:
 def test_schema_check_passes_for_the_committed_schema() -> None:
     result = run_builder(["schema", "--check"], _env())
     assert result.returncode == 0, result.stderr
+
+
+def test_user_text_that_looks_like_markup_is_printed_as_it_is(tmp_path: Path, demo_manifest_data) -> None:
+    """Issue 15: a value holding `[/x]` ended `validate` with `internal error: MarkupError`."""
+    data = copy.deepcopy(demo_manifest_data)
+    data["version"] = "[/x]"
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = run_builder(["validate", str(path)], _env())
+    assert result.returncode == 2, result.stderr
+    assert "internal error" not in result.stderr and "MarkupError" not in result.stderr
+    assert "'[/x]'" in result.stderr

@@ -238,3 +238,15 @@ def test_an_image_whose_loader_fails_is_rolled_back_and_the_old_one_serves_throu
     history = json.loads(run_builder(["history", name, "--json"], released["env"]).stdout)
     failed = [e for e in history if e["event"] == "deploy" and e["digest"] == digests["1.2.0"]]
     assert [(e["outcome"], e["forced_reason"].split(" [")[0]) for e in failed] == [("timeout", "test: a broken image")]
+
+
+def test_a_template_in_use_rolls_its_endpoint_to_the_new_image(released: dict, stand_in: RunPodStandIn) -> None:
+    repo, digests = released["repo"], released["digests"]
+    template = stand_in.add_endpoint("ep-t", f"{repo}@{digests['1.0.0']}", type="LB",
+                                     env={"BUILDER_SERVE_MODE": "http", "PORT": "8000", "PORT_HEALTH": "8000"})
+    lb = stand_in.lb_url("ep-t")
+    wait_for(lambda: version_served(lb, auth(stand_in)) == "1.0.0", 180, "the worker serving 1.0.0")
+    proc = cli(released, stand_in, "deploy", released["name"], "1.1.0", "--target", f"template:{template}")
+    assert proc.returncode == 0, proc.stderr
+    assert stand_in.state.templates[template]["imageName"] == f"{repo}@{digests['1.1.0']}"
+    wait_for(lambda: version_served(lb, auth(stand_in)) == "1.1.0", 180, "the endpoint rolled to 1.1.0")

@@ -391,9 +391,10 @@ class RunPodState:
         assert self.workers is not None
         for endpoint in self.endpoints.values():
             alive = [w for w in endpoint.workers if w.state != "stopped"]
-            current = [w for w in alive if w.owner == endpoint.template_id]
+            template = self.templates[endpoint.template_id]
+            # A template whose image changed rolls its endpoint's workers too, as RunPod does.
+            current = [w for w in alive if w.owner == endpoint.template_id and w.image == template["imageName"]]
             if not current:
-                template = self.templates[endpoint.template_id]
                 mode = "http" if endpoint.type == "LB" else "queue"
                 worker = self.workers.start(Worker(endpoint.template_id, template["imageName"], mode,
                                                    self.worker_env(endpoint, template)))
@@ -401,7 +402,7 @@ class RunPodState:
                 current = [worker]
             serving = any(w.state in ("ready", "running") for w in current)
             for worker in alive:
-                if worker.owner != endpoint.template_id and (serving or worker.state not in ("ready", "running")):
+                if worker not in current and (serving or worker.state not in ("ready", "running")):
                     self.workers.stop(worker)
             endpoint.workers = [w for w in endpoint.workers if w.state != "stopped"]
 

@@ -44,6 +44,15 @@ def _env_literal(env: dict[str, str]) -> str:
     return "[" + ", ".join(f"{{ key: {_quote(k)}, value: {_quote(v)} }}" for k, v in env.items()) + "]"
 
 
+def _kept_settings(current: dict[str, Any]) -> list[str]:
+    """GraphQL input fields that send a template's or pod's settings back unchanged (saveTemplate
+    and podEditJob replace what they are not given)."""
+    fields = [f"{key}: {_quote(current[key])}" for key in ("dockerArgs", "volumeMountPath", "ports")
+              if current.get(key) is not None]
+    return fields + [f"{key}: {int(current[key])}" for key in ("containerDiskInGb", "volumeInGb")
+                     if current.get(key) is not None]
+
+
 def http_port(ports: str | None, default: int = 8000) -> int:
     """The first HTTP port of a RunPod ports string ("8000/http,22/tcp")."""
     for item in (ports or "").split(","):
@@ -117,13 +126,8 @@ class RunPod:
         return template["id"]
 
     def set_template_image(self, template: dict[str, Any], image: str) -> None:
-        fields = [f"id: {_quote(template['id'])}", f"name: {_quote(template['name'])}", f"imageName: {_quote(image)}"]
-        for key in ("dockerArgs", "volumeMountPath", "ports"):
-            if template.get(key) is not None:
-                fields.append(f"{key}: {_quote(template[key])}")
-        for key in ("containerDiskInGb", "volumeInGb"):
-            if template.get(key) is not None:
-                fields.append(f"{key}: {int(template[key])}")
+        fields = [f"id: {_quote(template['id'])}", f"name: {_quote(template['name'])}", f"imageName: {_quote(image)}",
+                  *_kept_settings(template)]
         if template.get("isServerless") is not None:
             fields.append(f"isServerless: {'true' if template['isServerless'] else 'false'}")
         if template.get("containerRegistryAuthId"):
@@ -167,13 +171,7 @@ class RunPod:
 
     def set_pod_image(self, pod: dict[str, Any], image: str) -> None:
         """podEditJob: the pod restarts on the new image, with its settings and environment kept."""
-        fields = [f"podId: {_quote(pod['id'])}", f"imageName: {_quote(image)}"]
-        for key in ("dockerArgs", "volumeMountPath", "ports"):
-            if pod.get(key) is not None:
-                fields.append(f"{key}: {_quote(pod[key])}")
-        for key in ("containerDiskInGb", "volumeInGb"):
-            if pod.get(key) is not None:
-                fields.append(f"{key}: {int(pod[key])}")
+        fields = [f"podId: {_quote(pod['id'])}", f"imageName: {_quote(image)}", *_kept_settings(pod)]
         fields.append(f"env: {_env_literal(env_list(pod.get('env')))}")
         self._query(f"change the image of pod {pod['id']}",
                     f"mutation {{ podEditJob(input: {{ {', '.join(fields)} }}) {{ id imageName }} }}")

@@ -12,6 +12,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import get_args
 
 import click
 from rich.console import Console
@@ -20,6 +21,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from builder import __version__
 from builder.errors import BuilderError, ManifestError
+from builder.manifest import Manifest, Task  # the choices of `new` are the manifest's own
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -224,6 +226,45 @@ def lock(ctx: click.Context, targets: tuple[str, ...], check: bool, hf_endpoint:
         from builder.errors import BuilderError as _Error
 
         raise _Error(f"{stale} of {len(paths)} manifests need `python -m builder lock` (changes listed above)")
+
+
+@cli.command("new")
+@click.argument("name")
+@click.option("--from", "source", required=True, metavar="ORG/REPO[@REVISION]",
+              help="The Hub repository to draft from (default revision: main).")
+@click.option("--repo-type", type=click.Choice(["model", "space"]), default="model", show_default=True)
+@click.option("--task", type=click.Choice(get_args(Task)), help="The task, when the Hub's pipeline tag is missing or wrong.")
+@click.option("--profile", type=click.Choice(get_args(Manifest.model_fields["profile"].annotation)),
+              help="The build profile (default: the standard one whose loader serves the model, else custom-local).")
+@click.option("--dry-run", is_flag=True, help="Print the locked draft; write nothing.")
+@click.option("--hf-endpoint", help="Mirror to ask first (default: $HF_ENDPOINT); must be an approved mirror.")
+@click.pass_context
+def new(ctx: click.Context, name: str, source: str, repo_type: str, task: str | None, profile: str | None,
+        dry_run: bool, hf_endpoint: str | None) -> None:
+    """Draft manifests/NAME.yaml from what the Hub says about a repository, locked and validated.
+
+    Exit 3: drafted, but parts marked TODO need work before it serves."""
+    from builder.build import hub_token
+    from builder.draft import NewRequest, draft_manifest
+    from builder.manifest import display_path
+
+    project = _project(ctx)
+    services = _services(ctx, project)
+    fetch_config = services.config.fetch_config(hf_endpoint or os.environ.get("HF_ENDPOINT"), services.ledger.mirror_ranking())
+    request = NewRequest(name, source, repo_type, task, profile, dry_run)
+    result = draft_manifest(request, project, fetch_config, hub_token(), log=lambda line: err.print(f"    {line}", markup=False))
+    where = display_path(result.path)
+    if dry_run:
+        click.echo(result.text, nl=False)
+        err.print(f"dry run, nothing written: {name}: {result.summary}", markup=False)
+    else:
+        click.echo(f"drafted {where}: {result.summary}")
+    if result.todo:
+        err.print(f"the draft needs work: {len(result.todo)} part(s) marked TODO(builder new) in it: "
+                  + "; ".join(result.todo), markup=False)
+        sys.exit(3)
+    if not dry_run:
+        click.echo(f"review it (each choice has its reason beside it), then: python -m builder build {name}")
 
 
 @cli.command()

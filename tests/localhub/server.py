@@ -4,7 +4,9 @@ huggingface_hub talks to it unmodified through HF_ENDPOINT. It implements the pa
 Hub's HTTP API that downloads use (checked against huggingface_hub 2.4's file_download.py and
 hf_api.py):
 
-- GET  /api/models/{ns}/{name}[/revision/{rev}]    -> {"id", "sha", "siblings": [{"rfilename"}]}
+- GET  /api/models/{ns}/{name}[/revision/{rev}]    -> {"id", "sha", "gated", "siblings": [{"rfilename"}],
+                                                        and from README.md's front matter "cardData",
+                                                        "pipeline_tag", "library_name", "tags"}
 - GET  /api/models/{ns}/{name}/tree/{rev}[/{dir}]   -> [{"type": "file", "path", "size", "oid", "lfs"?}]
 - HEAD /{ns}/{name}/resolve/{rev}/{path}            -> X-Repo-Commit, quoted ETag, Content-Length
 - GET  /{ns}/{name}/resolve/{rev}/{path}            -> the bytes; "Range: bytes=N-[M]" gives 206
@@ -40,6 +42,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
+
+import yaml
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".onnx", ".gguf", ".msgpack", ".h5")
 LFS_MIN_SIZE = 10 * 1024 * 1024
@@ -96,6 +100,24 @@ def scan_repo(repo_id: str, root: Path, gated_tokens: frozenset[str] | None = No
     listing = "".join(f"{f.path}\0{f.blob_id}\n" for f in files.values())
     commit = hashlib.sha1(f"tree {repo_id}\n{listing}".encode()).hexdigest()
     return Repo(repo_id, root, files, commit, gated_tokens)
+
+
+def card_fields(repo: Repo) -> dict[str, object]:
+    """What the Hub derives from README.md's YAML front matter: `cardData`, and from it the
+    `pipeline_tag`, `library_name` and `tags` the repository's info carries (absent: no card)."""
+    readme = repo.files.get("README.md")
+    if readme is None:
+        return {}
+    text = (repo.root / readme.path).read_text(encoding="utf-8", errors="replace")
+    match = re.match(r"---\s*\n(.*?)\n---\s*(?:\n|$)", text, re.S)
+    data = yaml.safe_load(match.group(1)) if match else None
+    if not isinstance(data, dict):
+        return {}
+    fields: dict[str, object] = {"cardData": data, "tags": list(data.get("tags") or [])}
+    for key in ("pipeline_tag", "library_name"):
+        if data.get(key):
+            fields[key] = data[key]
+    return fields
 
 
 @dataclass
@@ -295,6 +317,7 @@ class _Handler(BaseHTTPRequestHandler):
                     "private": False,
                     "gated": "manual" if repo.gated_tokens is not None else False,
                     "siblings": [{"rfilename": p} for p in repo.files],
+                    **card_fields(repo),
                 }
                 self._send_json(200, body)
                 return

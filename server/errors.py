@@ -35,7 +35,13 @@ class Busy(Refused):
 
 
 class TimedOut(Refused):
-    """The request could not finish within BUILDER_REQUEST_TIMEOUT (HTTP 504)."""
+    """The request could not finish within BUILDER_REQUEST_TIMEOUT, or would not by its estimated
+    time, and was refused before it ran (HTTP 504)."""
+
+
+class OutOfMemory(Refused):
+    """The GPU ran out of memory for this request; what could be freed was freed and the next
+    request is served (HTTP 503)."""
 
 
 class InferenceFailed(Refused):

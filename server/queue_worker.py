@@ -4,9 +4,11 @@ The model loads first, because RunPod counts a worker that polls for jobs as rea
 that cannot load prints one line and exits 1 (an unhealthy worker). Then the runpod SDK's
 worker loop takes jobs from RUNPOD_WEBHOOK_GET_JOB and posts each result to
 RUNPOD_WEBHOOK_POST_OUTPUT. A job's `input` is the body of POST /v1/predict, validated by the
-same pydantic model and run through the same Inference (gate, queue limit, timeout); its
-result is that route's JSON body, or {"error": one line} (a dict with "error" marks the job
-FAILED). The SDK is imported here only, so the HTTP mode never pays its 2 s import.
+same pydantic model (the manifest's defaults, bounds and unsupported fields) and run through the
+same Inference (gate, queue limit, timeout, up-front estimate, out-of-memory recovery); its
+result is that route's JSON body, or {"error": one line} that names fields and rules but never
+echoes the input (a dict with "error" marks the job FAILED). The SDK is imported here only, so
+the HTTP mode never pays its 2 s import.
 """
 
 from __future__ import annotations
@@ -20,37 +22,18 @@ from typing import Any
 from pydantic import ValidationError
 
 from server.errors import InputError, Refused
+from server.guards import describe
 from server.healthcheck import clear_ready, mark_ready
 from server.inference import Inference
 from server.loaders import Predictor, load_predictor
 from server.responses import respond
 from server.settings import Settings
 
-MAX_ERRORS_SHOWN = 5
-MAX_FIELD_CHARS = 64  # an unknown field's name is the caller's text too: never echo much of it
-
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 def one_line(text: str) -> str:
     return " ".join(str(text).split())
-
-
-def describe(exc: ValidationError) -> str:
-    """Each problem as `field: rule`, never the value (a prompt, a base64 file) that broke it."""
-    parts = []
-    errors = exc.errors(include_input=False, include_url=False, include_context=False)
-    for error in errors[:MAX_ERRORS_SHOWN]:
-        where = ".".join(_field(part) for part in error["loc"]) or "input"
-        parts.append(f"{where}: {error['msg']}")
-    if len(errors) > MAX_ERRORS_SHOWN:
-        parts.append(f"and {len(errors) - MAX_ERRORS_SHOWN} more")
-    return one_line("; ".join(parts))
-
-
-def _field(part: int | str) -> str:
-    text = str(part)
-    return text if len(text) <= MAX_FIELD_CHARS else f"{text[:MAX_FIELD_CHARS]}..."
 
 
 def make_handler(inference: Inference) -> Handler:
@@ -63,7 +46,7 @@ def make_handler(inference: Inference) -> Handler:
         try:
             request = request_model.model_validate(body)
         except ValidationError as exc:
-            return {"error": f"invalid input: {describe(exc)}"}
+            return {"error": f"invalid input: {describe(exc.errors())}"}
         try:
             result = await inference.predict(request)
         except InputError as exc:

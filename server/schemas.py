@@ -1,12 +1,23 @@
-"""Request and response bodies of the predict route, one pair per task."""
+"""Request and response bodies of the predict route, one pair per task, and the request model
+as one manifest serves it (request_model_for): its serving.request defaults and bounds inside
+the hard limits below, its serving.unsupported fields refused by name."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import math
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and Infinity are no sizes or scales: refused by name, whichever door they came in by
+    # (Python's json module, the runpod SDK's included, reads NaN, Infinity and 1e999 as floats).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Timings(BaseModel):
@@ -136,3 +147,142 @@ RESPONSE_OF_TASK: dict[str, type[BaseModel]] = {
     "text-to-speech": TextToSpeechResponse,
     "lip-sync": LipSyncResponse,
 }
+
+# Bodies the task's fields can fill: text only, or base64 files as well (MAX_FILE_CHARS each).
+TEXT_BODY_BYTES = 1024 * 1024
+MEDIA_BODY_BYTES = 64 * 1024 * 1024
+MEDIA_TASKS = frozenset({"identity-to-image", "text-to-speech", "lip-sync"})
+
+
+def max_body_bytes(task: str, serving: Mapping[str, Any]) -> int:
+    """The largest body a request may send: the manifest's serving.max_body_bytes, else by task."""
+    declared = serving.get("max_body_bytes")
+    if declared:
+        return int(declared)
+    return MEDIA_BODY_BYTES if task in MEDIA_TASKS else TEXT_BODY_BYTES
+
+
+# -- the request model as one manifest serves it --------------------------------------------------
+_BOUND_TYPES = (Ge, Gt, Le, Lt, MinLen, MaxLen)
+_BOUND_NAMES = {Ge: "ge", Gt: "gt", Le: "le", Lt: "lt", MinLen: "min_length", MaxLen: "max_length"}
+
+
+def request_model_for(task: str, serving: Mapping[str, Any] | None = None) -> type[_Request]:
+    """The task's request model with the manifest's serving section applied: its defaults replace
+    the field defaults (and show in /openapi.json), its min/max are intersected with the hard
+    limits above (a manifest narrows, never widens), and each unsupported field is left out of the
+    schema and refused by name when sent. ValueError, naming serving.request.FIELD, when the policy
+    cannot be applied: an unknown field, bounds on a field that has none, no value left inside the
+    hard limits, a default the field refuses."""
+    base = REQUEST_OF_TASK[task]
+    serving = serving or {}
+    policies: Mapping[str, Mapping[str, Any]] = serving.get("request") or {}
+    unsupported: tuple[str, ...] = tuple(serving.get("unsupported") or ())
+    if not policies and not unsupported:
+        return base
+    fields: dict[str, Any] = {}
+    for name, policy in policies.items():
+        fields[name] = _with_policy(base, name, policy)
+    for name in unsupported:
+        if name not in base.model_fields or base.model_fields[name].is_required():
+            raise ValueError(f"serving.unsupported: {name!r} is not an optional request field of {task}")
+        fields[name] = (SkipJsonSchema[base.model_fields[name].annotation], Field(default=None))
+    validators = {f"_refuse_{name}": field_validator(name, mode="before")(_refuse) for name in unsupported}
+    model = create_model(base.__name__, __base__=base, __module__=base.__module__, __doc__=base.__doc__,
+                         __validators__=validators, **fields)
+    for name, policy in policies.items():
+        if policy.get("default") is not None:
+            _check_default(model, name, policy["default"])
+    return model
+
+
+def _refuse(cls: type, value: Any, info: ValidationInfo) -> Any:
+    # Refused rather than ignored: a caller who sends it expects it to count, and it would not.
+    raise PydanticCustomError("unsupported", "this model does not support {field}: leave it out",
+                              {"field": info.field_name})
+
+
+def _with_policy(base: type[_Request], name: str, policy: Mapping[str, Any]) -> tuple[Any, Any]:
+    info = base.model_fields.get(name)
+    if info is None:
+        raise ValueError(f"serving.request.{name}: not a request field ({', '.join(base.model_fields)})")
+    kept = [item for item in info.metadata if not isinstance(item, _BOUND_TYPES)]
+    bounds = _bounds(info.metadata)
+    low, high = policy.get("min"), policy.get("max")
+    if low is not None or high is not None:
+        if bounds.keys() & {"min_length", "max_length"}:  # text (characters) or a list (items)
+            bounds = _narrowed(name, bounds, low, high, "length", integer=True)
+        elif bounds.keys() & {"ge", "gt", "le", "lt"}:
+            bounds = _narrowed(name, bounds, low, high, "number", integer=int in _types(info.annotation))
+        else:
+            raise ValueError(f"serving.request.{name}: min and max apply to numbers and text only")
+    default = policy.get("default")
+    if default is None:
+        default = info.default
+    annotation = info.annotation
+    for item in kept:  # other constraints (a pattern) stay as they were
+        annotation = Annotated[annotation, item]
+    return annotation, Field(default=default, description=info.description, **bounds)
+
+
+def _narrowed(name: str, hard: dict[str, Any], low: float | None, high: float | None, kind: str,
+              integer: bool) -> dict[str, Any]:
+    """The hard bounds intersected with the policy's [low, high]: each side keeps the tighter one."""
+    (ge, le), (gt, lt) = _BOUND_KEYS[kind]
+    bounds = dict(hard)
+    if low is not None:
+        low = math.ceil(low) if integer else low
+        if low > bounds.get(ge, bounds.get(gt, -math.inf)):
+            bounds.pop(gt, None)
+            bounds[ge] = low
+    if high is not None:
+        high = math.floor(high) if integer else high
+        if high < bounds.get(le, bounds.get(lt, math.inf)):
+            bounds.pop(lt, None)
+            bounds[le] = high
+    lowest, highest = bounds.get(ge, bounds.get(gt, -math.inf)), bounds.get(le, bounds.get(lt, math.inf))
+    if lowest > highest or (lowest == highest and (gt in bounds or lt in bounds)):
+        asked = " and ".join(f"{side} {value:g}" for side, value in (("min", low), ("max", high)) if value is not None)
+        limits = ", ".join(f"{key} {value}" for key, value in hard.items())
+        raise ValueError(f"serving.request.{name}: {asked} leaves no value inside the server's limits ({limits})")
+    return bounds
+
+
+# Per kind of field, the names of its bounds: (inclusive low, high), (exclusive low, high).
+_BOUND_KEYS = {"number": (("ge", "le"), ("gt", "lt")), "length": (("min_length", "max_length"), ("", ""))}
+
+
+def _check_default(model: type[_Request], name: str, default: Any) -> None:
+    try:
+        model.__pydantic_validator__.validate_assignment(model.model_construct(), name, default)
+    except ValidationError as exc:
+        problem = exc.errors(include_input=False, include_url=False, include_context=False)[0]["msg"]
+        raise ValueError(f"serving.request.{name}.default {default!r}: {problem}") from None
+
+
+def _bounds(metadata: list[Any]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for item in metadata:
+        for kind, key in _BOUND_NAMES.items():
+            if isinstance(item, kind):
+                found[key] = getattr(item, key)
+    return found
+
+
+def _types(annotation: Any) -> tuple[Any, ...]:
+    return getattr(annotation, "__args__", None) or (annotation,)
+
+
+def describe_request(model: type[_Request], serving: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What /metadata reports: each optional field's effective default, each field's bounds (in
+    pydantic's words: ge, gt, le, lt, min_length, max_length) and the unsupported fields."""
+    unsupported = list((serving or {}).get("unsupported") or ())
+    defaults, bounds = {}, {}
+    for name, info in model.model_fields.items():
+        if name in unsupported:
+            continue
+        if not info.is_required():
+            defaults[name] = info.default
+        if found := _bounds(info.metadata):
+            bounds[name] = found
+    return {"defaults": defaults, "bounds": bounds, "unsupported": unsupported}

@@ -26,6 +26,7 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda
     max_queue: int = 8  # requests waiting beyond the one running; more get 429
     request_timeout: float = 300.0
+    max_body_bytes: int | None = None  # overrides the manifest's serving.max_body_bytes and the task's default
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -45,6 +46,7 @@ class Settings:
             device=environ.get("BUILDER_DEVICE", "auto"),
             max_queue=_number(environ, "BUILDER_MAX_QUEUE", "8", int),
             request_timeout=_number(environ, "BUILDER_REQUEST_TIMEOUT", "300", float),
+            max_body_bytes=_positive(environ, "BUILDER_MAX_BODY_BYTES"),
         )
 
 
@@ -54,3 +56,12 @@ def _number(environ: Mapping[str, str], name: str, default: str, kind: type) -> 
         return kind(text)
     except ValueError:
         raise SettingsError(f"{name}={text!r}: expected {'an integer' if kind is int else 'a number'}") from None
+
+
+def _positive(environ: Mapping[str, str], name: str) -> int | None:
+    if not environ.get(name):
+        return None
+    value = _number(environ, name, "", int)
+    if value < 1:
+        raise SettingsError(f"{name}={environ[name]!r}: expected a positive number of bytes")
+    return int(value)

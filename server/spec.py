@@ -33,6 +33,9 @@ class ModelSpec:
     smoke: dict[str, Any]
     manifest_digest: str
     options: dict[str, Any] = field(default_factory=dict)  # the custom loader's entrypoint.options
+    # Request defaults and bounds, unsupported fields, memory policy, body limit (builder/manifest.py
+    # Serving); images built before the section existed have none: every default applies.
+    serving: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> "ModelSpec":
@@ -57,6 +60,7 @@ class ModelSpec:
             smoke=doc["smoke_test"],
             manifest_digest=doc.get("manifest_digest", ""),
             options=dict(entry.get("options") or {}),
+            serving=dict(doc.get("serving") or {}),
         )
 
     @classmethod

@@ -80,6 +80,9 @@ def test_ready_and_metadata(demo_server: str, demo_manifest_data) -> None:
     assert meta["sources"] == [{"repo_id": "builder-demo/tiny-sd", "revision": demo_manifest_data["sources"][0]["revision"]}]
     assert meta["device"] == "cpu" and meta["dtype"] == "float32"
     assert meta["packages"]["diffusers"]
+    # Issue 12: which memory policy was used, and why, in /metadata and /ready alike.
+    assert meta["memory"]["policy"] == "cpu" and meta["memory"]["requested"] == "auto"
+    assert "no GPU" in meta["memory"]["reason"] and ready.json()["memory"] == meta["memory"]
 
 
 def _predict(url: str, **body):

@@ -210,8 +210,9 @@ def test_the_minimum_gpu_memory_is_an_image_label(project) -> None:
     """Issue 12: `builder deploy` reads it from the registry to refuse GPUs too small."""
     from builder.render import RenderOptions, render_dockerfile
 
-    text = render_dockerfile(load_manifest(ROOT / "manifests/tiny-flux.yaml"), "manifests/tiny-flux.yaml",
+    text = render_dockerfile(load_manifest(project.root / "manifests/tiny-flux.yaml"), "manifests/tiny-flux.yaml",
                              RenderOptions(), project)
     assert '"io.builder.min_gpu_memory_gb"="24"' in text
-    demo = render_dockerfile(load_manifest(ROOT / "manifests/demo.yaml"), "manifests/demo.yaml", RenderOptions(), project)
+    demo = render_dockerfile(load_manifest(project.root / "manifests/demo.yaml"), "manifests/demo.yaml", RenderOptions(),
+                             project)
     assert "min_gpu_memory_gb" not in demo  # nothing declared, nothing claimed

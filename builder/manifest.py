@@ -405,6 +405,9 @@ def _check_serving(serving: Serving, task: str) -> None:
             raise ValueError(f"serving: {name!r} is both given a policy and unsupported")
     if serving.true_cfg_scale is not None and ("negative_prompt" not in fields or "negative_prompt" in serving.unsupported):
         raise ValueError("serving.true_cfg_scale: only for a task with negative_prompt, and not with it unsupported")
+    from server.schemas import request_model_for
+
+    request_model_for(task, serving.model_dump(mode="json"))  # the server's own check: a policy it cannot apply fails here, not at load
 
 
 class Manifest(_Strict):

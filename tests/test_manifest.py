@@ -237,3 +237,13 @@ def test_a_manifest_without_serving_keeps_its_digest(demo_manifest_data: dict) -
     tightened = parse_manifest(yaml.safe_dump(_with_serving(demo_manifest_data, {"memory": {"min_gpu_memory_gb": 8}})),
                                "demo.yaml")
     assert tightened.digest != plain.digest
+
+
+def test_a_policy_outside_the_servers_hard_limits_fails_at_validation(demo_manifest_data: dict) -> None:
+    """Bounds that leave no value inside the server's limits fail here, not when the image loads."""
+    serving = {"request": {"num_inference_steps": {"min": 500, "max": 600, "default": 550}}}
+    data = _with_serving(demo_manifest_data, serving)
+    data["smoke_test"]["inputs"]["num_inference_steps"] = 550
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(yaml.safe_dump(data), "demo.yaml")
+    assert "serving.request.num_inference_steps" in " ".join(caught.value.problems or (str(caught.value),))

@@ -164,7 +164,7 @@ class RunPod:
         data = self._query(f"read pod {pod_id}",
                            f"query {{ pod(input: {{ podId: {_quote(pod_id)} }}) {{ id name imageName env ports "
                            "dockerArgs containerDiskInGb volumeInGb volumeMountPath desiredStatus "
-                           "runtime { uptimeInSeconds } } }")
+                           "runtime { uptimeInSeconds } machine { gpuDisplayName } } }")
         if not data.get("pod"):
             raise DeployError(f"RunPod has no pod {pod_id} for this API key")
         return data["pod"]
@@ -208,19 +208,20 @@ class RunPod:
         """The GPUs a target may run on, with their memory in GB (None: unknown); [] for a template."""
         if target.kind == "template":
             return []
-        memory = self.gpu_types()
         if target.kind == "pod":
-            data = self._query(f"read the GPU of pod {target.id}", f"query {{ pod(input: {{ podId: {_quote(target.id)} }}) "
-                                                                  "{ id machine { gpuDisplayName } } }")
-            name = ((data.get("pod") or {}).get("machine") or {}).get("gpuDisplayName")
-            return [(name, memory.get(name))] if name else []
-        gpus = []
+            name = (self.pod(target.id).get("machine") or {}).get("gpuDisplayName")
+            return [(name, self.gpu_types().get(name))] if name else []
+        gpus, memory = [], None
         for token in str(self.endpoint(target.id).get("gpuIds") or "").split(","):
             token = token.strip()
             if not token or token.startswith("-"):  # "-NVIDIA ..." excludes a type from a pool
                 continue
             pool = re.fullmatch(r"[A-Z]+_(\d+)(?:_PRO)?", token)  # RunPod's pools: AMPERE_24, ADA_48_PRO, HOPPER_141
-            gpus.append((token, float(pool.group(1)) if pool else memory.get(token)))
+            if pool:  # the pool's name says its memory: no need to ask for the GPU types
+                gpus.append((token, float(pool.group(1))))
+                continue
+            memory = memory if memory is not None else self.gpu_types()
+            gpus.append((token, memory.get(token)))
         return gpus
 
     # -- any target ----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from builder import __version__
-from builder.config import BuilderConfig
+from builder.config import BuilderConfig, PushConfig
 from builder.docker import BuildRequest, Docker
 from builder.errors import ConfigError, InputError, ManifestError, RegistryError, SmokeTestFailed
 from builder.fetch import Attempt, parse_attempt
@@ -28,7 +28,9 @@ from builder.ledger import Ledger
 from builder.manifest import Manifest
 from builder.project import Project
 from builder.registry import RegistryClient, RegistryRef, smoke_tag
-from builder.render import DEFAULT_PORT, RenderOptions, write_context
+from builder.registry.layers import EngineLayers, LayersUnavailable
+from builder.registry.push import MIB, Pusher, PushSettings
+from builder.render import DEFAULT_PORT, RenderOptions, layer_limit_problems, write_context
 
 Say = Callable[[str], None]
 
@@ -115,6 +117,9 @@ def run_build(
 ) -> BuildResult:
     token = hub_token()
     registry = _check_inputs(manifest, origin, options, token)
+    too_large = layer_limit_problems(manifest, origin, services.config.push.max_layer_bytes(registry.host if registry else None))
+    if too_large and options.push:
+        raise ManifestError.with_problems(too_large)
     if registry is not None and options.push:
         RegistryClient(registry).check()
     endpoint = options.hf_endpoint or os.environ.get("HF_ENDPOINT")
@@ -130,7 +135,8 @@ def run_build(
     state: dict[str, Any] = {"seconds": {}}
     try:
         result = _build_smoke_push(manifest, origin, options, fetch_config, token, registry, docker, gpus, build_id,
-                                   git_commit, project, ledger, state, say, on_build_line, on_push_event)
+                                   git_commit, project, ledger, state, say, on_build_line, on_push_event,
+                                   services.config.push)
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         ledger.finish_build(build_id, status, image_id=state.get("image_id"), error=str(exc) or type(exc).__name__,
@@ -146,7 +152,8 @@ def run_build(
 def _build_smoke_push(manifest: Manifest, origin: str, options: BuildOptions, fetch_config, token: str | None,
                       registry: RegistryRef | None, docker: Docker, gpus: bool, build_id: str, git_commit: str | None,
                       project: Project, ledger: Ledger, state: dict[str, Any], say: Say,
-                      on_build_line: Callable[[str], None], on_push_event: Callable[[dict], None]) -> BuildResult:
+                      on_build_line: Callable[[str], None], on_push_event: Callable[[Any], None],
+                      push_config: PushConfig = PushConfig()) -> BuildResult:
     seconds: dict[str, float] = state["seconds"]
     render_options = RenderOptions(
         base_image=options.base_image,
@@ -235,7 +242,7 @@ def _build_smoke_push(manifest: Manifest, origin: str, options: BuildOptions, fe
         return result
     say(f"push {result.tag}")
     started = time.perf_counter()
-    digest = docker.push(repository, manifest.version, on_push_event)
+    digest = push_image(docker, client, manifest.name, manifest.version, image_id, push_config, say, on_push_event)
     seconds["push"] = round(time.perf_counter() - started, 2)
     pushed = client.image(manifest.name, digest)
     if pushed is None or pushed.config_digest not in (None, image_id):
@@ -247,6 +254,33 @@ def _build_smoke_push(manifest: Manifest, origin: str, options: BuildOptions, fe
     result.digest_reference = f"{repository}@{digest}"
     result.pushed = True
     return result
+
+
+def push_image(docker: Docker, client: RegistryClient, name: str, tag: str, image_id: str, settings: PushConfig,
+               say: Say, on_event: Callable[[Any], None]) -> str:
+    """Push the image: the builder's own push (uncompressed weights, parallel, resumable) where
+    the engine's layer store can be read, else the engine's push. Returns the manifest digest."""
+    store = None
+    if settings.engine != "docker":
+        try:
+            store = EngineLayers.open(docker.client)
+        except LayersUnavailable as exc:
+            if settings.engine == "builder":
+                raise RegistryError(f"push.engine is builder, but {exc}: run where the engine's data root is "
+                                    "readable, or set push.engine to auto") from None
+            say(f"pushing through the Docker engine (gzip, one layer at a time): {exc}")
+    if store is None:
+        return docker.push(client.ref.repository(name), tag, on_event)
+    pusher = Pusher(client, store, PushSettings(parallel=settings.parallel, chunk_bytes=settings.chunk_mb * MIB,
+                                                gzip_level=settings.gzip_level,
+                                                max_layer_bytes=settings.max_layer_bytes(client.ref.host)), on_event)
+    digest = pusher.push(name, tag, image_id)
+    stats = pusher.stats
+    say(f"pushed in {stats.seconds:.1f}s: {stats.blobs} blobs, {stats.sent_bytes / 1e9:.2f} GB sent "
+        f"({stats.weight_bytes_sent / 1e9:.2f} GB of it weights, uncompressed), {stats.present} already there, "
+        f"{stats.mounted} mounted from other repositories"
+        + (f", {stats.resumed_bytes / 1e9:.2f} GB not sent again (resumed)" if stats.resumed_bytes else ""))
+    return digest
 
 
 def _same_image(client: RegistryClient, name: str, remote, image_id: str) -> bool:

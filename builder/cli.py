@@ -17,7 +17,7 @@ from typing import get_args
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from builder import __version__
 from builder.errors import BuilderError, ManifestError
@@ -39,6 +39,15 @@ def _services(ctx: click.Context, project):
 
     config = load_config(project.root, ctx.obj.get("config"))
     return Services(config, Ledger(config.ledger_path))
+
+
+def _layer_limit(ctx: click.Context, project, registry: str | None) -> int | None:
+    """The largest layer the registry takes (push.max_layer_gb, else what the registry documents)."""
+    from builder.config import load_config
+    from builder.registry import RegistryRef
+
+    host = RegistryRef.parse(registry).host if registry else None
+    return load_config(project.root, ctx.obj.get("config")).push.max_layer_bytes(host)
 
 
 def _load(project, target: str):
@@ -68,15 +77,20 @@ def cli(ctx: click.Context, root: Path | None, config_path: Path | None) -> None
 def validate(ctx: click.Context, targets: tuple[str, ...], as_json: bool) -> None:
     """Check manifests (NAME or PATH; default: every manifest). Lists every problem."""
     from builder.manifest import display_path, load_manifest
+    from builder.render import layer_limit_problems
 
     project = _project(ctx)
     paths = [project.manifest_path(t) for t in targets] if targets else project.all_manifests()
     if not paths:
         raise ManifestError(f"no manifests in {project.manifests_dir}")
     failed = 0
+    limit = _layer_limit(ctx, project, os.environ.get("BUILDER_REGISTRY"))
     for path in paths:
         try:
             manifest = load_manifest(path)
+            too_large = layer_limit_problems(manifest, display_path(path), limit)
+            if too_large:
+                raise ManifestError.with_problems(too_large)
         except ManifestError as exc:
             failed += 1
             for problem in exc.problems or (str(exc),):
@@ -103,10 +117,13 @@ def validate(ctx: click.Context, targets: tuple[str, ...], as_json: bool) -> Non
 @click.pass_context
 def render(ctx: click.Context, target: str, context_dir: Path | None, base_image: str | None, ca_bundle: bool) -> None:
     """Print the Dockerfile for a manifest, or write its build context."""
-    from builder.render import RenderOptions, render_dockerfile, write_context
+    from builder.render import RenderOptions, layer_limit_problems, render_dockerfile, write_context
 
     project = _project(ctx)
     manifest, origin = _load(project, target)
+    too_large = layer_limit_problems(manifest, origin, _layer_limit(ctx, project, os.environ.get("BUILDER_REGISTRY")))
+    if too_large:
+        raise ManifestError.with_problems(too_large)
     options = RenderOptions(base_image=base_image, ca_bundle=ca_bundle)
     if context_dir is None:
         click.echo(render_dockerfile(manifest, origin, options, project), nl=False)
@@ -115,25 +132,56 @@ def render(ctx: click.Context, target: str, context_dir: Path | None, base_image
     click.echo(str(context_dir))
 
 
-class _PushProgress:
-    """One progress bar over all layers of a push."""
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a cancelled CI job) stops the build the way Ctrl-C does: a push in flight finishes
+    the chunks it is sending and keeps them for the next run."""
+    import signal
 
-    def __init__(self) -> None:
+    def interrupt(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+class _PushProgress:
+    """One progress bar over a whole push on a terminal; without one (CI logs), a plain line every
+    few seconds. Takes the builder's push progress, or the engine's push events."""
+
+    def __init__(self, every: float = 5.0) -> None:
         self.layers: dict[str, tuple[int, int]] = {}
+        self.tty = err.is_terminal
+        self.every = every
+        self.started: float | None = None
+        self.last_line = 0.0
         self.progress = Progress(TextColumn("push"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                                 console=err, transient=True)
+                                 TimeRemainingColumn(), console=err, transient=True, disable=not self.tty)
         self.task = self.progress.add_task("push", total=None)
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, event) -> None:
+        import time
+
+        if isinstance(event, dict):
+            done, total = self._engine_event(event)
+        else:
+            done, total = event.done, event.total
+        now = time.monotonic()
+        self.started = self.started or now
+        self.progress.update(self.task, completed=done, total=total or None)
+        if not self.tty and now - self.last_line >= self.every and total:
+            self.last_line = now
+            rate = done / max(now - self.started, 1e-3)
+            left = f", {(total - done) / rate:.0f} s left" if rate > 0 and done < total else ""
+            err.print(f"    push: {done / 1e9:.2f} of {total / 1e9:.2f} GB ({done / total:.0%}), "
+                      f"{rate / 1e6:.0f} MB/s{left}", markup=False)
+
+    def _engine_event(self, event: dict) -> tuple[int, int]:
         detail = event.get("progressDetail") or {}
         layer = event.get("id")
         if layer and event.get("status") == "Pushing" and detail.get("total"):
             self.layers[layer] = (detail.get("current", 0), detail["total"])
         elif layer and event.get("status") in ("Pushed", "Layer already exists") and layer in self.layers:
             self.layers[layer] = (self.layers[layer][1], self.layers[layer][1])
-        done = sum(c for c, _ in self.layers.values())
-        total = sum(t for _, t in self.layers.values())
-        self.progress.update(self.task, completed=done, total=total or None)
+        return sum(c for c, _ in self.layers.values()), sum(t for _, t in self.layers.values())
 
 
 @cli.command()
@@ -172,6 +220,7 @@ def build(ctx: click.Context, target: str, registry: str | None, push: bool, bas
             sys.stderr.write(f"    {line}\n")
 
     push_progress = _PushProgress()
+    _stop_on_sigterm()
     with push_progress.progress:
         result = run_build(manifest, origin, project, options, _services(ctx, project), Docker.connect, say,
                            echo_build, push_progress)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -57,6 +57,32 @@ class DeployConfig(BaseModel):
                                 "uses any more that are kept (newest first) after a deploy; older ones are deleted.")
 
 
+# Largest layer a registry accepts, where its documentation says (GHCR: 10 GB per layer).
+KNOWN_LAYER_LIMITS_GB = {"ghcr.io": 10.0}
+
+
+class PushConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    engine: Literal["auto", "builder", "docker"] = Field(
+        default="auto", description="Who pushes: builder (weights as uncompressed layers, parallel, resumable; needs "
+                                    "read access to a local engine's overlay2 store), docker (the engine's own push), "
+                                    "or auto (builder where it can, else docker).")
+    parallel: int = Field(default=4, ge=1, le=32, description="Blobs uploaded at once.")
+    chunk_mb: int = Field(default=64, ge=1, le=65536, description="Blobs larger than this go up in chunks of this many "
+                          "MiB, each one acknowledged (a stopped push resumes from the last); lower it for registries "
+                          "behind a proxy or CDN with a request body limit.")
+    gzip_level: int = Field(default=3, ge=1, le=9, description="gzip level of the layers that are not weights (3: "
+                            "three times the speed of 6 for 5% more bytes, measured on a torch layer).")
+    max_layer_gb: float | None = Field(default=None, gt=0, description="The registry's largest layer in GB (default: "
+                                       "what the registry documents, e.g. 10 for ghcr.io; else no limit). A weights "
+                                       "file larger than this fails validation, before any download.")
+
+    def max_layer_bytes(self, host: str | None) -> int | None:
+        limit = self.max_layer_gb if self.max_layer_gb is not None else KNOWN_LAYER_LIMITS_GB.get(host or "")
+        return int(limit * 1e9) if limit else None
+
+
 class BuilderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -70,6 +96,7 @@ class BuilderConfig(BaseModel):
     fetch: FetchTuning = Field(default_factory=FetchTuning, description="Download tuning.")
     ledger: str | None = Field(default=None, description="SQLite ledger path (default: $XDG_STATE_HOME/builder).")
     deploy: DeployConfig = Field(default_factory=DeployConfig, description="Deploys to RunPod.")
+    push: PushConfig = Field(default_factory=PushConfig, description="Pushes to the registry.")
 
     @property
     def ledger_path(self) -> Path:

@@ -282,3 +282,22 @@ def write_context(manifest: Manifest, manifest_path: str, options: RenderOptions
         shutil.copy2(package_dir / name, fetch_pkg / name)
     _copy_python_tree(project.server_dir, dest / "server")
     return dest
+
+
+def layer_limit_problems(manifest: Manifest, origin: str, max_bytes: int | None) -> list[str]:
+    """One line per weights layer over the registry's largest layer: found before any download,
+    not after an hour of upload."""
+    if not max_bytes:
+        return []
+    problems = []
+    for layer in weights_plan(manifest).layers:
+        if layer.size <= max_bytes:
+            continue
+        what = f"file {layer.files[0]}" if layer.name != "small" else f"the {len(layer.files)} small files together"
+        problems.append(
+            f"{origin}: {what} is {layer.size / 1e9:.2f} GB, over the registry's largest layer "
+            f"({max_bytes / 1e9:.2f} GB, push.max_layer_gb): use a registry that takes it, or set push.max_layer_gb "
+            "if yours allows more"
+            + (" (or lower runtime.large_file_bytes so they split)" if layer.name == "small" else "")
+        )
+    return problems

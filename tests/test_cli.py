@@ -175,3 +175,25 @@ def test_user_text_that_looks_like_markup_is_printed_as_it_is(tmp_path: Path, de
     assert result.returncode == 2, result.stderr
     assert "internal error" not in result.stderr and "MarkupError" not in result.stderr
     assert "'[/x]'" in result.stderr
+
+
+def test_a_file_over_the_registrys_largest_layer_fails_validate_and_render_naming_it(tmp_path: Path, demo_manifest_data) -> None:
+    data = copy.deepcopy(demo_manifest_data)
+    big = next(a for a in data["sources"][0]["artifacts"] if a["path"].endswith(".safetensors"))
+    big["size"] = 11_000_000_000
+    project = make_project(tmp_path, data)
+    env = _env(BUILDER_REGISTRY="ghcr.io/acme", BUILDER_CONFIG=str(tmp_path / "none.yaml"))
+    (tmp_path / "none.yaml").write_text("{}\n")
+    for command in (["validate", "demo"], ["render", "demo"]):
+        result = run_builder(["--root", str(project.root), *command], env)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        assert (f"{big['path'].split('/')[-1]} is 11.00 GB, over the registry's largest layer (10.00 GB, "
+                "push.max_layer_gb)") in result.stderr
+    # A registry without a documented limit takes it; a configured limit applies anywhere.
+    ok = run_builder(["--root", str(project.root), "validate", "demo"], _env(BUILDER_REGISTRY="127.0.0.1:5000",
+                                                                             BUILDER_CONFIG=str(tmp_path / "none.yaml")))
+    assert ok.returncode == 0, ok.stderr
+    (tmp_path / "limit.yaml").write_text("push: {max_layer_gb: 5}\n")
+    limited = run_builder(["--root", str(project.root), "validate", "demo"], _env(BUILDER_CONFIG=str(tmp_path / "limit.yaml")))
+    assert limited.returncode == 2 and "over the registry's largest layer (5.00 GB" in limited.stderr

@@ -17,6 +17,7 @@ import requests
 
 from builder.registry import RegistryClient, RegistryRef
 from tests.conftest import free_port, make_project, run_builder, unique_name, wait_for
+from tests.engines import second_engine
 from tests.localhub import LocalHub
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_ready")]
@@ -74,7 +75,7 @@ def with_unique_repo(data: dict, hub: LocalHub, tiny_sd: Path, tmp_path: Path, g
     return data
 
 
-def test_demo_builds_smokes_pushes_and_pulls_back_by_digest(registry: str, isolated_env: dict) -> None:
+def test_demo_builds_smokes_pushes_and_pulls_back_by_digest(registry: str, isolated_env: dict, tmp_path: Path) -> None:
     namespaced = f"{registry}/{unique_name('ns')}"
     result = result_of(build(None, "demo", isolated_env, "--registry", namespaced))
     assert result["pushed"] and result["smoke"]["passed"]
@@ -82,6 +83,29 @@ def test_demo_builds_smokes_pushes_and_pulls_back_by_digest(registry: str, isola
     reference = result["digest_reference"]
     assert reference.startswith(f"{namespaced}/demo@sha256:")
     assert result["run_commands"][0] == f"docker run --rm --network host -e PORT=8000 {reference}"
+
+    # The builder pushed it: each weights layer uncompressed (blob digest = diff id), the rest gzip,
+    # and the config is the image the smoke ran on.
+    client = RegistryClient(RegistryRef.parse(namespaced))
+    manifest = json.loads(client.manifest("demo", reference.split("@", 1)[1])[0])
+    config = client.config("demo", reference.split("@", 1)[1])
+    assert manifest["config"]["digest"] == result["image_id"]
+    layered = [h for h in config["history"] if not h.get("empty_layer")]
+    large = {d for h, d in zip(layered, config["rootfs"]["diff_ids"]) if h.get("created_by", "").startswith("COPY /export/sha256-")}
+    assert large, "the demo has files over its large_file_bytes: each is a layer of its own"
+    for layer, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"]):
+        uncompressed = layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar"
+        assert uncompressed == (diff_id in large)
+        assert (layer["digest"] == diff_id) == uncompressed
+
+    # Pulled by digest into an engine that shares no layer with the build, it passes its smoke there.
+    with second_engine(tmp_path / "engine") as other:
+        pulled = other.images.pull(reference)
+        assert pulled.id == result["image_id"]
+        out = other.containers.run(pulled.id, ["python3", "-m", "server.smoke"], network_mode="none", remove=True,
+                                   environment={"BUILDER_DEVICE": "cpu"})
+        smoke = json.loads(out.decode().strip().splitlines()[-1])
+        assert smoke["passed"] is True and smoke["device"] == "cpu"
 
     # Pull it back by digest into a clean slate and check what it says about itself.
     docker_out("rmi", result["tag"])

@@ -1,0 +1,377 @@
+"""An OCI registry, over its HTTP API (distribution-spec v2).
+
+Used for what the Docker engine does not tell (whether a tag exists and which image it holds, so
+a version is never overwritten with different content), for small documents kept beside an image
+(its smoke record), and for blob uploads (builder/registry/push.py). Who we are to the registry
+is builder/registry/auth.py's business. Requests whose body can be sent again are retried with
+backoff on 429, 5xx and dropped connections; a registry that cannot be connected to at all is one
+`Unreachable` line at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from builder import reach
+from builder.errors import InputError, RegistryError
+from builder.registry.auth import Auth, scope
+
+MANIFEST_TYPES = ", ".join(
+    [
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ]
+)
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+EMPTY_BLOB = b"{}"
+_HOST = re.compile(r"(?:localhost|[a-z0-9-]+(?:\.[a-z0-9-]+)+|\[[0-9a-f:]+\])(?::\d{1,5})?|[a-z0-9-]+:\d{1,5}")
+_NAMESPACE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
+_RETRY_STATUS = (429, 500, 502, 503, 504)
+
+SMOKE_MEDIA_TYPE = "application/vnd.builder.smoke.v1+json"
+
+
+def smoke_tag(digest: str) -> str:
+    """Where the smoke result of image `digest` is kept, beside it (the OCI referrers tag scheme)."""
+    return f"{digest.replace(':', '-')}.smoke"
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class RegistryRef:
+    """HOST[:PORT][/NAMESPACE] as given to --registry."""
+
+    host: str
+    namespace: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "RegistryRef":
+        host, _, namespace = text.strip().rstrip("/").partition("/")
+        if not _HOST.fullmatch(host) or (namespace and not _NAMESPACE.fullmatch(namespace)):
+            raise InputError(
+                f"--registry {text!r}: expected HOST[:PORT][/NAMESPACE] in lowercase, e.g. ghcr.io/acme or 127.0.0.1:5000"
+            )
+        return cls(host, namespace or None)
+
+    def repository(self, name: str) -> str:
+        return f"{self.host}/{self.namespace}/{name}" if self.namespace else f"{self.host}/{name}"
+
+    def path(self, name: str) -> str:
+        """The repository name as the registry API sees it (no host)."""
+        return f"{self.namespace}/{name}" if self.namespace else name
+
+    @property
+    def base_url(self) -> str:
+        host = self.host.split(":")[0]
+        loopback = host in ("localhost", "[::1]") or host.startswith("127.")
+        return f"{'http' if loopback else 'https'}://{self.host}"
+
+
+@dataclass(frozen=True)
+class RemoteImage:
+    digest: str  # the manifest digest: what `REPO@sha256:...` pulls
+    config_digest: str | None  # the image id: equal to the local image id for the same image
+
+
+class RegistryClient:
+    def __init__(self, ref: RegistryRef, session: requests.Session | None = None, timeout: float = 30,
+                 attempts: int = 5, backoff: float = 0.5) -> None:
+        self.ref = ref
+        self.session = session or requests.Session()
+        self.timeout = timeout
+        self.attempts = attempts
+        self.backoff = backoff
+        self.auth = Auth(ref.host, self.session, timeout)
+        self._answered = False  # after the first answer, a failed connection is worth a retry
+
+    # -- requests ----------------------------------------------------------------------------------
+    def url(self, path: str, rest: str) -> str:
+        return f"{self.ref.base_url}/v2/{path}/{rest}" if path else f"{self.ref.base_url}/v2/"
+
+    def request(self, method: str, url: str, scopes: tuple[str, ...], headers: dict[str, str] | None = None,
+                data: Any = None, retry: bool = True, stream: bool = False,
+                timeout: float | tuple[float, float] | None = None) -> requests.Response:
+        """Send one request, answering auth challenges. `retry`: the body can be sent again (bytes or
+        nothing), so 429, 5xx and dropped connections are retried with backoff."""
+        auth_tries = 0
+        failures = 0
+        while True:
+            sent = {**(headers or {}), **self.auth.header(scopes)}
+            try:
+                with reach.reaching("the registry", self.ref.base_url, reach.REGISTRY):
+                    try:
+                        response = self.session.request(method, url, headers=sent, data=data, stream=stream,
+                                                        timeout=timeout or self.timeout, allow_redirects=True)
+                    except requests.RequestException as exc:
+                        if not self._answered or not retry or failures + 1 >= self.attempts:
+                            raise
+                        failures += 1
+                        self._sleep(failures, None)
+                        continue
+            except requests.RequestException as exc:
+                raise RegistryError(
+                    f"the registry at {self.ref.base_url} did not answer {method} {_short(url)}: "
+                    f"{type(exc).__name__}: check that it is healthy and try again"
+                ) from None
+            self._answered = True
+            if response.status_code == 401 and auth_tries < 2:
+                auth_tries += 1
+                self.auth.answer(response, scopes, sent)
+                if not retry and data is not None:
+                    return response  # a streamed body is gone: the caller starts it again
+                continue
+            if response.status_code in _RETRY_STATUS and retry and failures + 1 < self.attempts:
+                failures += 1
+                self._sleep(failures, response.headers.get("Retry-After"))
+                continue
+            return response
+
+    def _sleep(self, failures: int, retry_after: str | None) -> None:
+        if retry_after and retry_after.strip().isdigit():
+            time.sleep(min(float(retry_after), 60.0))
+            return
+        time.sleep(random.uniform(0, min(self.backoff * 2 ** (failures - 1), 10.0)))
+
+    def _scopes(self, path: str, write: bool = False, extra: Iterable[str] = ()) -> tuple[str, ...]:
+        if not path:
+            return ()
+        return (scope(path, "pull", "push") if write else scope(path, "pull"), *extra)
+
+    def check_response(self, response: requests.Response, what: str, ok: Iterable[int] = (200,)) -> None:
+        if response.status_code in ok:
+            return
+        if response.status_code in (401, 403):
+            raise RegistryError(
+                f"{self.ref.host} refused {what} ({response.status_code}): run `docker login {self.ref.host}` "
+                "with an account that may push there"
+            )
+        detail = _error_detail(response)
+        raise RegistryError(f"{self.ref.host} answered {response.status_code} for {what}{detail}")
+
+    # -- reads -------------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Fail now, with one line, if the registry cannot be reached (before an hour of building)."""
+        response = self.request("GET", self.url("", ""), ())
+        if response.status_code not in (200, 401):
+            raise RegistryError(f"{self.ref.base_url}/v2/ answered {response.status_code}: is --registry a container registry?")
+
+    def tags(self, name: str, page_size: int = 1000) -> list[str]:
+        """Every tag of repository `name` (empty when the repository does not exist), following the
+        `Link: <...>; rel="next"` pagination the distribution spec allows (Quay, Harbor use it)."""
+        path = self.ref.path(name)
+        url: str | None = self.url(path, f"tags/list?n={page_size}")
+        tags: list[str] = []
+        while url:
+            response = self.request("GET", url, self._scopes(path))
+            if response.status_code == 404:
+                return []
+            self.check_response(response, f"the tags of {path}")
+            tags.extend(response.json().get("tags") or [])
+            match = re.search(r'<([^>]+)>\s*;\s*rel="?next"?', response.headers.get("Link", ""))
+            url = (match.group(1) if match.group(1).startswith("http") else self.ref.base_url + match.group(1)) \
+                if match else None
+        return sorted(set(tags))
+
+    def manifest(self, name: str, reference: str) -> tuple[bytes, str, str] | None:
+        """(raw bytes, media type, digest) of a manifest, or None if there is none."""
+        path = self.ref.path(name)
+        response = self.request("GET", self.url(path, f"manifests/{reference}"), self._scopes(path),
+                                {"Accept": MANIFEST_TYPES})
+        if response.status_code == 404:
+            return None
+        self.check_response(response, f"{path}:{reference}")
+        digest = response.headers.get("Docker-Content-Digest") or sha256(response.content)
+        return response.content, response.headers.get("Content-Type", ""), digest
+
+    def image(self, name: str, reference: str) -> RemoteImage | None:
+        """The image a tag (or digest) points at in repository `name`, or None if there is none."""
+        found = self.manifest(name, reference)
+        if found is None:
+            return None
+        body: dict[str, Any] = json.loads(found[0])
+        config = body.get("config", {}).get("digest") if isinstance(body.get("config"), dict) else None
+        return RemoteImage(digest=found[2], config_digest=config)
+
+    def blob(self, name: str, digest: str) -> bytes:
+        path = self.ref.path(name)
+        response = self.request("GET", self.url(path, f"blobs/{digest}"), self._scopes(path))
+        self.check_response(response, f"blob {digest[:19]} of {path}")
+        if sha256(response.content) != digest:
+            raise RegistryError(f"{self.ref.host} sent blob {digest[:19]} of {path} with other content")
+        return response.content
+
+    def config(self, name: str, reference: str) -> dict[str, Any] | None:
+        """The image config (labels, history, diff ids) that a tag or digest points at."""
+        image = self.image(name, reference)
+        if image is None or image.config_digest is None:
+            return None
+        return json.loads(self.blob(name, image.config_digest))
+
+    # -- blobs -------------------------------------------------------------------------------------
+    def blob_size(self, path: str, digest: str) -> int | None:
+        """The size of a blob the repository holds, or None."""
+        response = self.request("HEAD", self.url(path, f"blobs/{digest}"), self._scopes(path, write=True))
+        if response.status_code == 404:
+            return None
+        self.check_response(response, f"blob {digest[:19]} of {path}")
+        return int(response.headers.get("Content-Length") or 0)
+
+    def start_upload(self, path: str, mount: tuple[str, str] | None = None) -> tuple[str | None, dict[str, str]]:
+        """Open an upload session: (its location, the answer's headers); location None when
+        `mount` = (digest, from repository) was mounted instead of uploaded."""
+        query = f"?mount={mount[0]}&from={mount[1]}" if mount else ""
+        extra = (scope(mount[1], "pull"),) if mount else ()
+        response = self.request("POST", self.url(path, f"blobs/uploads/{query}"), self._scopes(path, True, extra),
+                                {"Content-Length": "0"})
+        if mount and response.status_code == 201:
+            return None, dict(response.headers)
+        self.check_response(response, f"an upload to {path}", ok=(202,))
+        return self._location(response), dict(response.headers)
+
+    def _location(self, response: requests.Response) -> str:
+        location = response.headers.get("Location")
+        if not location:
+            raise RegistryError(f"{self.ref.host} opened an upload without saying where: is it a container registry?")
+        return self.ref.base_url + location if location.startswith("/") else location
+
+    def upload_offset(self, path: str, location: str) -> int | None:
+        """Bytes an open upload session holds, or None if the session is gone."""
+        response = self.request("GET", location, self._scopes(path, write=True))
+        if response.status_code not in (200, 204):
+            return None
+        match = re.fullmatch(r"(?:bytes=)?0-(\d+)", response.headers.get("Range", "").strip())
+        return int(match.group(1)) + 1 if match else 0
+
+    def patch(self, path: str, location: str, body: Any, start: int, length: int) -> str:
+        """Send bytes [start, start+length) of a blob to an upload session; return the next location."""
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length),
+                   "Content-Range": f"{start}-{start + length - 1}"}
+        response = self.request("PATCH", location, self._scopes(path, write=True), headers, body, retry=False,
+                                timeout=(self.timeout, 600))
+        self.check_response(response, f"a chunk of an upload to {path}", ok=(202,))
+        return self._location(response)
+
+    def finish(self, path: str, location: str, digest: str, body: Any = None, length: int = 0) -> None:
+        """Close an upload session as blob `digest`, sending `body` (`length` bytes) with it."""
+        joiner = "&" if "?" in location else "?"
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length)}
+        replayable = body is None or isinstance(body, bytes)
+        response = self.request("PUT", f"{location}{joiner}digest={digest}", self._scopes(path, write=True), headers,
+                                body, retry=replayable, timeout=(self.timeout, 600))
+        self.check_response(response, f"the upload of {digest[:19]} to {path}", ok=(201,))
+
+    def put_blob(self, path: str, data: bytes) -> str:
+        """Upload a small blob unless the repository has it; return its digest."""
+        digest = sha256(data)
+        if self.blob_size(path, digest) is None:
+            location, _ = self.start_upload(path)
+            assert location is not None
+            self.finish(path, location, digest, data, len(data))
+        return digest
+
+    def put_manifest(self, name: str, reference: str, body: bytes, media_type: str) -> str:
+        path = self.ref.path(name)
+        response = self.request("PUT", self.url(path, f"manifests/{reference}"), self._scopes(path, write=True),
+                                {"Content-Type": media_type}, body)
+        self.check_response(response, f"storing {path}:{reference}", ok=(200, 201))
+        digest = sha256(body)
+        answered = response.headers.get("Docker-Content-Digest")
+        if answered and answered != digest:
+            raise RegistryError(f"{self.ref.host} stored {path}:{reference} as {answered}, not {digest}: it rewrote the manifest")
+        return digest
+
+    # -- tags, deletes, documents ------------------------------------------------------------------
+    def tag(self, name: str, digest: str, tag: str) -> None:
+        """Point tag at the image digest (the manifest is re-put under the tag: no layer moves)."""
+        found = self.manifest(name, digest)
+        if found is None:
+            raise RegistryError(f"{self.ref.repository(name)}@{digest} is not in the registry")
+        body, media_type, _ = found
+        self.put_manifest(name, tag, body, media_type)
+
+    def delete(self, name: str, digest: str) -> None:
+        """Delete a manifest by digest (every tag pointing at it goes with it)."""
+        path = self.ref.path(name)
+        response = self.request("DELETE", self.url(path, f"manifests/{digest}"), self._scopes(path, write=True))
+        if response.status_code == 405:
+            raise RegistryError(f"{self.ref.host} does not allow deletes: enable storage.delete in its configuration")
+        self.check_response(response, f"deleting {path}@{digest}", ok=(200, 202, 404))
+
+    def put_document(self, name: str, tag: str, media_type: str, document: dict[str, Any],
+                     subject: dict[str, Any] | None = None) -> str:
+        """Store a small JSON document under tag; return the manifest's digest.
+
+        As an OCI 1.1 artifact (`artifactType`, the empty config, the document as its one layer,
+        `subject` naming the image it is about, so registries with the referrers API list it);
+        a registry that refuses that form gets the older one, the document as the config blob."""
+        path = self.ref.path(name)
+        blob = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+        blob_digest = self.put_blob(path, blob)
+        empty = self.put_blob(path, EMPTY_BLOB)
+        modern: dict[str, Any] = {
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": media_type,
+            "config": {"mediaType": OCI_EMPTY, "digest": empty, "size": len(EMPTY_BLOB)},
+            "layers": [{"mediaType": media_type, "digest": blob_digest, "size": len(blob)}],
+        }
+        if subject:
+            modern["subject"] = subject
+        try:
+            return self.put_manifest(name, tag, _canonical(modern), OCI_MANIFEST)
+        except RegistryError as exc:
+            if "answered 400" not in str(exc) and "answered 415" not in str(exc):
+                raise
+        legacy = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                  "config": {"mediaType": media_type, "digest": blob_digest, "size": len(blob)}, "layers": []}
+        return self.put_manifest(name, tag, _canonical(legacy), OCI_MANIFEST)
+
+    def get_document(self, name: str, tag: str) -> dict[str, Any] | None:
+        """The JSON document put_document stored under tag (either form), or None."""
+        found = self.manifest(name, tag)
+        if found is None:
+            return None
+        body = json.loads(found[0])
+        config = body.get("config") or {}
+        if config.get("mediaType") == OCI_EMPTY and body.get("layers"):
+            return json.loads(self.blob(name, body["layers"][0]["digest"]))
+        return json.loads(self.blob(name, config["digest"])) if config.get("digest") else None
+
+    def record_smoke(self, name: str, digest: str, document: dict[str, Any]) -> None:
+        subject = None
+        found = self.manifest(name, digest)
+        if found is not None:
+            subject = {"mediaType": found[1].split(";")[0] or OCI_MANIFEST, "digest": digest, "size": len(found[0])}
+        self.put_document(name, smoke_tag(digest), SMOKE_MEDIA_TYPE, document, subject)
+
+
+def _canonical(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def _short(url: str) -> str:
+    return url.split("/v2/", 1)[-1].split("?", 1)[0]
+
+
+def _error_detail(response: requests.Response) -> str:
+    try:
+        errors = response.json().get("errors") or []
+    except ValueError:
+        return ""
+    if not errors:
+        return ""
+    first = errors[0]
+    return f": {first.get('code', '')} {first.get('message', '')}".rstrip()

@@ -1,0 +1,457 @@
+"""The builder's own push: weights as uncompressed layers, several blobs at once, nothing sent twice.
+
+The Docker engine gzips every layer on one core before it uploads it; weights do not compress,
+so for them that is pure cost. Here each weights layer (a `COPY /export/sha256-<file>/` from the
+weights stage) goes to the registry as an uncompressed OCI layer, whose blob digest is its diff id:
+known before a byte is read, so a registry that has it already (HEAD) or holds it in another
+repository (a cross-repository mount) costs one request. The other layers are gzipped
+(deterministically, so the same layer gives the same blob; the pairing is remembered in the cache
+beside the ledger so a later push can skip them unread). The config blob is the engine's own,
+byte for byte, so the image id the smoke ran on is the image the registry holds.
+
+Large blobs go up in chunks (PATCH, honouring OCI-Chunk-Min-Length), each chunk's upload session
+saved on disk, so a stopped push goes on where it stopped: finished blobs are found by HEAD, a
+blob in flight resumes at the last chunk the registry acknowledged. Smaller blobs go in one
+streamed PUT. The manifest goes last, and is read back by digest.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from builder.errors import RegistryError
+from builder.registry.client import OCI_MANIFEST, RegistryClient, sha256
+from builder.registry.layers import BLOCK, EngineLayers, LayersUnavailable, LayerTar
+
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+MIB = 1024 * 1024
+_WEIGHTS_LAYER = re.compile(r"^COPY /export/sha256-[0-9a-f]{64}/ / ")
+
+
+@dataclass(frozen=True)
+class PushSettings:
+    parallel: int = 4  # blobs in flight at once
+    chunk_bytes: int = 64 * MIB  # blobs larger than this go up in chunks of this size (resumable)
+    gzip_level: int = 3
+    gzip_threads: int = max(1, min(4, os.cpu_count() or 1))
+    max_layer_bytes: int | None = None  # the registry's largest layer (GHCR: 10 GB)
+
+
+class PushStopped(RegistryError):
+    """The push was asked to stop; what the registry acknowledged is kept for the next run."""
+
+    exit_code = 130
+
+
+@dataclass
+class PushStats:
+    blobs: int = 0
+    sent_bytes: int = 0
+    weight_bytes_sent: int = 0
+    present: int = 0  # blobs the repository had
+    mounted: int = 0  # blobs taken from another repository of the registry
+    resumed_bytes: int = 0  # bytes an earlier, stopped push had sent that were not sent again
+    total_bytes: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class _Blob:
+    media_type: str
+    layer: LayerTar | None = None
+    data: bytes | None = None
+    digest: str | None = None
+    size: int | None = None
+    weights: bool = False
+    done: int = 0
+
+
+@dataclass(frozen=True)
+class PushProgress:
+    """What the push has done so far, for a progress bar or a log line."""
+
+    done: int
+    total: int
+    blobs_done: int
+    blobs: int
+    stats: PushStats = field(repr=False)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "builder" / "push"
+
+
+class _State:
+    """What earlier pushes learnt, on disk: gzip digests of layers, where blobs live, open uploads."""
+
+    def __init__(self, root: Path, host: str) -> None:
+        self.root = root
+        self.host = host
+        self.lock = threading.Lock()
+        self.index_file = root / "blobs.json"
+        try:
+            self.index: dict[str, Any] = json.loads(self.index_file.read_text())
+        except (OSError, ValueError):
+            self.index = {}
+        self.index.setdefault("gzip", {})
+        self.index.setdefault("where", {})
+
+    def _save_index(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.index_file.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(self.index, sort_keys=True))
+        os.replace(tmp, self.index_file)
+
+    def gzip_of(self, diff_id: str, level: int) -> tuple[str, int] | None:
+        found = self.index["gzip"].get(f"{diff_id} {level} m16 {zlib.ZLIB_RUNTIME_VERSION}")
+        return (found[0], found[1]) if found else None
+
+    def remember_gzip(self, diff_id: str, level: int, digest: str, size: int) -> None:
+        with self.lock:
+            self.index["gzip"][f"{diff_id} {level} m16 {zlib.ZLIB_RUNTIME_VERSION}"] = [digest, size]
+            self._save_index()
+
+    def holders(self, digest: str) -> list[str]:
+        return list(self.index["where"].get(self.host, {}).get(digest, []))
+
+    def remember_holder(self, digest: str, path: str) -> None:
+        with self.lock:
+            repos = self.index["where"].setdefault(self.host, {}).setdefault(digest, [])
+            if path in repos:
+                return
+            repos.insert(0, path)
+            del repos[8:]
+            self._save_index()
+
+    def _session_file(self, path: str, digest: str) -> Path:
+        key = hashlib.sha256(f"{self.host}/{path}@{digest}".encode()).hexdigest()[:32]
+        return self.root / "uploads" / f"{key}.json"
+
+    def session(self, path: str, digest: str) -> tuple[str, int] | None:
+        try:
+            saved = json.loads(self._session_file(path, digest).read_text())
+            return saved["location"], int(saved["offset"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def save_session(self, path: str, digest: str, location: str, offset: int) -> None:
+        target = self._session_file(path, digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps({"location": location, "offset": offset}))
+        os.replace(tmp, target)
+
+    def drop_session(self, path: str, digest: str) -> None:
+        self._session_file(path, digest).unlink(missing_ok=True)
+
+
+class _Body:
+    """A request body of known length, streamed from an iterator (requests sends Content-Length)."""
+
+    def __init__(self, chunks: Iterator[bytes], length: int, on_bytes: Callable[[int], None]) -> None:
+        self.chunks = chunks
+        self.length = length
+        self.on_bytes = on_bytes
+        self.sent = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.chunks:
+            self.sent += len(chunk)
+            self.on_bytes(len(chunk))
+            yield chunk
+
+
+def _reblock(chunks: Iterator[bytes], size: int) -> Iterator[bytes]:
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= size:
+            yield bytes(buffer[:size])
+            del buffer[:size]
+    if buffer:
+        yield bytes(buffer)
+
+
+def gzip_stream(chunks: Iterator[bytes], level: int, threads: int = 1, block: int = 16 * MIB) -> Iterator[bytes]:
+    """Deterministic gzip of a byte stream: one gzip member per `block` input bytes (no name, no
+    time), compressed `threads` at a time. Concatenated members are one gzip stream (RFC 1952
+    section 2.2), which every layer reader takes: the same input always gives the same blob."""
+    if threads <= 1:
+        for data in _reblock(chunks, block):
+            yield gzip.compress(data, level, mtime=0)
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gzip") as pool:
+        queue: list = []
+        for data in _reblock(chunks, block):
+            queue.append(pool.submit(gzip.compress, data, level, mtime=0))
+            if len(queue) > threads:
+                yield queue.pop(0).result()
+        for future in queue:
+            yield future.result()
+
+
+def is_weights_layer(created_by: str) -> bool:
+    return bool(_WEIGHTS_LAYER.match(created_by))
+
+
+class Pusher:
+    def __init__(self, client: RegistryClient, store: EngineLayers, settings: PushSettings = PushSettings(),
+                 on_progress: Callable[[PushProgress], None] = lambda progress: None,
+                 stop: threading.Event | None = None, state_dir: Path | None = None) -> None:
+        self.client = client
+        self.store = store
+        self.settings = settings
+        self.on_progress = on_progress
+        self.stop = stop or threading.Event()
+        self.state = _State(state_dir or cache_dir(), client.ref.host)
+        self.stats = PushStats()
+        self._lock = threading.Lock()
+        self._blobs: list[_Blob] = []
+
+    # -- planning ----------------------------------------------------------------------------------
+    def plan(self, image_id: str) -> tuple[bytes, list[_Blob]]:
+        config = self.store.config(image_id)
+        layers = self.store.layers(config)
+        history = [h for h in json.loads(config).get("history") or [] if not h.get("empty_layer")]
+        created = [h.get("created_by", "") for h in history] if len(history) == len(layers) else [""] * len(layers)
+        blobs = []
+        for layer, made_by in zip(layers, created):
+            if self.settings.max_layer_bytes and layer.size > self.settings.max_layer_bytes:
+                raise RegistryError(
+                    f"layer {layer.diff_id[:19]} is {layer.size / 1e9:.1f} GB, over the registry's largest layer "
+                    f"({self.settings.max_layer_bytes / 1e9:.1f} GB): split the file or use another registry"
+                )
+            if is_weights_layer(made_by):
+                blobs.append(_Blob(LAYER_TAR, layer, digest=layer.diff_id, size=layer.size, weights=True))
+            else:
+                known = self.state.gzip_of(layer.diff_id, self.settings.gzip_level)
+                blobs.append(_Blob(LAYER_GZIP, layer, digest=known[0] if known else None,
+                                   size=known[1] if known else None))
+        return config, blobs
+
+    # -- the push ----------------------------------------------------------------------------------
+    def push(self, name: str, tag: str, image_id: str) -> str:
+        """Push image `image_id` as name:tag; return the manifest digest."""
+        started = time.perf_counter()
+        path = self.client.ref.path(name)
+        config, layers = self.plan(image_id)
+        config_blob = _Blob(OCI_CONFIG, data=config, digest=image_id, size=len(config))
+        self._blobs = [config_blob, *layers]
+        self.stats.blobs = len(self._blobs)
+        self.stats.total_bytes = sum(b.size or (b.layer.size if b.layer else 0) for b in self._blobs)
+        order = sorted(self._blobs, key=lambda b: -(b.size or (b.layer.size if b.layer else 0)))
+        pool = ThreadPoolExecutor(max_workers=self.settings.parallel, thread_name_prefix="push")
+        try:
+            futures = [pool.submit(self._send, path, blob) for blob in order]
+            try:
+                finished, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            except KeyboardInterrupt:
+                self.stop.set()
+                wait(futures)
+                raise self._stopped() from None
+            failed = [f.exception() for f in finished if f.exception() is not None]
+            if failed:
+                self.stop.set()  # the others finish their chunk and keep their sessions
+                wait(pending)
+                real = [e for e in failed if not isinstance(e, PushStopped)]
+                raise real[0] if real else self._stopped()
+        finally:
+            pool.shutdown(wait=True)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": config_blob.digest, "size": config_blob.size},
+            "layers": [{"mediaType": b.media_type, "digest": b.digest, "size": b.size} for b in layers],
+        }
+        body = json.dumps(manifest, separators=(",", ":")).encode()
+        digest = self.client.put_manifest(name, tag, body, OCI_MANIFEST)
+        found = self.client.manifest(name, digest)
+        if found is None or sha256(found[0]) != digest:
+            raise RegistryError(f"{self.client.ref.repository(name)}@{digest} is not in the registry after the push: check its logs")
+        self.stats.seconds = round(time.perf_counter() - started, 2)
+        self._report()
+        return digest
+
+    def _stopped(self) -> PushStopped:
+        left = self.stats.total_bytes - sum(b.done for b in self._blobs)
+        return PushStopped(
+            f"push stopped with {left / 1e9:.2f} GB left to send; what the registry acknowledged is kept: "
+            "run the same command again to go on"
+        )
+
+    def _report(self) -> None:
+        with self._lock:
+            done = sum(b.done for b in self._blobs)
+            blobs_done = sum(1 for b in self._blobs if b.size is not None and b.done >= b.size)
+        self.on_progress(PushProgress(done, self.stats.total_bytes, blobs_done, len(self._blobs), self.stats))
+
+    def _advance(self, blob: _Blob, count: int, sent: bool = True) -> None:
+        with self._lock:
+            blob.done += count
+            if sent:
+                self.stats.sent_bytes += count
+                if blob.weights:
+                    self.stats.weight_bytes_sent += count
+        self._report()
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise PushStopped("stopped")
+
+    # -- one blob ----------------------------------------------------------------------------------
+    def _send(self, path: str, blob: _Blob) -> None:
+        self._check_stop()
+        if blob.digest is not None and self._skip(path, blob):
+            return
+        if blob.data is not None:
+            location, _ = self.client.start_upload(path)
+            self.client.finish(path, location, blob.digest, blob.data, len(blob.data))  # type: ignore[arg-type]
+            self._advance(blob, len(blob.data))
+        elif blob.media_type == LAYER_GZIP:
+            self._send_gzip(path, blob)
+        else:
+            self._send_tar(path, blob)
+        self.state.remember_holder(blob.digest, path)  # type: ignore[arg-type]
+
+    def _skip(self, path: str, blob: _Blob) -> bool:
+        """Whether the repository has the blob, or got it by a mount, without a byte sent."""
+        assert blob.digest is not None
+        size = self.client.blob_size(path, blob.digest)
+        if size is not None:
+            blob.size = blob.size or size
+            with self._lock:
+                self.stats.present += 1
+        else:
+            for holder in self.state.holders(blob.digest):
+                if holder == path:
+                    continue
+                location, _ = self.client.start_upload(path, mount=(blob.digest, holder))
+                if location is None:
+                    with self._lock:
+                        self.stats.mounted += 1
+                    break
+            else:
+                return False
+        self.state.remember_holder(blob.digest, path)
+        self._advance(blob, blob.size or 0, sent=False)
+        return True
+
+    def _send_gzip(self, path: str, blob: _Blob) -> None:
+        """Compress while uploading: the digest is known only at the end (one streamed PATCH)."""
+        assert blob.layer is not None
+        location, _ = self.client.start_upload(path)
+        assert location is not None
+        digest = hashlib.sha256()
+        size = 0
+        raw = blob.layer.read()
+
+        def packed() -> Iterator[bytes]:
+            nonlocal size
+            for chunk in gzip_stream(self._raw_progress(blob, raw), self.settings.gzip_level, self.settings.gzip_threads):
+                self._check_stop()
+                digest.update(chunk)
+                size += len(chunk)
+                yield chunk
+
+        response = self.client.request("PATCH", location, self.client._scopes(path, write=True),
+                                       {"Content-Type": "application/octet-stream"}, packed(), retry=False,
+                                       timeout=(self.client.timeout, 600))
+        self.client.check_response(response, f"a layer upload to {path}", ok=(202,))
+        blob.digest, blob.size = "sha256:" + digest.hexdigest(), size
+        self.client.finish(path, self.client._location(response), blob.digest)
+        self.state.remember_gzip(blob.layer.diff_id, self.settings.gzip_level, blob.digest, size)
+        with self._lock:  # progress counted raw bytes; from here on the blob counts as its packed size
+            blob.done = size
+            self.stats.total_bytes += size - blob.layer.size
+            self.stats.sent_bytes += size
+        self._report()
+
+    def _raw_progress(self, blob: _Blob, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self._advance(blob, len(chunk), sent=False)
+            yield chunk
+
+    def _send_tar(self, path: str, blob: _Blob) -> None:
+        """An uncompressed layer: its digest is known, so one streamed PUT, or chunks that resume."""
+        assert blob.layer is not None and blob.digest is not None and blob.size is not None
+        layer, size = blob.layer, blob.size
+        if size <= self.settings.chunk_bytes:
+            location, _ = self.client.start_upload(path)
+            assert location is not None
+            self.client.finish(path, location, blob.digest, _Body(layer.read(), size, lambda n: self._advance(blob, n)), size)
+            return
+        location, offset = self._resume(path, blob)
+        if location is None:
+            location, headers = self.client.start_upload(path)
+            assert location is not None
+            offset = 0
+        else:
+            headers = {}
+        minimum = int(headers.get("OCI-Chunk-Min-Length") or 0)
+        chunk = max(self.settings.chunk_bytes, minimum)
+        failures = 0
+        while offset < size:
+            self._check_stop()
+            length = min(chunk, size - offset)
+            body = _Body(layer.read(offset, offset + length), length, lambda n: self._advance(blob, n))
+            try:
+                location = self.client.patch(path, location, body, offset, length)
+            except RegistryError:
+                # A dropped chunk: go on from what the registry holds. Distribution refuses a
+                # session whose last chunk was cut short, so then the blob starts over.
+                failures += 1
+                if failures >= self.client.attempts:
+                    raise
+                with self._lock:
+                    blob.done -= body.sent
+                held = self.client.upload_offset(path, location)
+                if held != offset:
+                    location, headers = self.client.start_upload(path)
+                    with self._lock:
+                        blob.done -= offset
+                    offset = 0
+                continue
+            offset += length
+            self.state.save_session(path, blob.digest, location, offset)
+        self.client.finish(path, location, blob.digest)
+        self.state.drop_session(path, blob.digest)
+
+    def _resume(self, path: str, blob: _Blob) -> tuple[str | None, int]:
+        assert blob.digest is not None
+        saved = self.state.session(path, blob.digest)
+        if saved is None:
+            return None, 0
+        location, offset = saved
+        if self.client.upload_offset(path, location) != offset:  # the session is gone or moved on
+            self.state.drop_session(path, blob.digest)
+            return None, 0
+        with self._lock:
+            blob.done += offset
+            self.stats.resumed_bytes += offset
+        return location, offset
+
+
+def open_store(client: Any) -> EngineLayers:
+    """The engine's layer store, or LayersUnavailable saying why not."""
+    return EngineLayers.open(client)
+
+
+__all__ = ["BLOCK", "LayersUnavailable", "PushProgress", "PushSettings", "PushStats", "PushStopped", "Pusher",
+           "open_store"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -583,6 +584,53 @@ def changed(ctx: click.Context, base: str, head: str, exclude: tuple[str, ...], 
 
     names = affected(_project(ctx).root, base, head, exclude)
     click.echo(json.dumps(names) if as_json else "\n".join(names))
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--changed", "changed_only", is_flag=True,
+              help="The manifests the change since --base affects whose version is not yet newer than there.")
+@click.option("--base", help="Git revision to compare with (the PR base, or the previous push).")
+@click.option("--head", default="HEAD", show_default=True, help="With --check: the revision to check.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out manifests whose name matches.")
+@click.option("--part", type=click.Choice(["patch", "minor", "major"]), default="patch", show_default=True)
+@click.option("--check", is_flag=True, help="Change nothing; exit 1 when an affected manifest still has its "
+                                              "version at --base (for CI).")
+@click.pass_context
+def bump(ctx: click.Context, names: tuple[str, ...], changed_only: bool, base: str | None, head: str,
+         exclude: tuple[str, ...], part: str, check: bool) -> None:
+    """Give manifests a new version (NAME..., or --changed --base REF): versions are immutable image tags.
+
+    The edit touches only the `version:` line, and the result must validate."""
+    from builder.errors import BuilderError as _Error, InputError
+    from builder.versions import bump_manifest, stale_affected
+
+    project = _project(ctx)
+    if (check or changed_only) and not base:
+        raise InputError("--check and --changed compare with a revision: pass --base REF (e.g. origin/main)")
+    if check or changed_only:
+        if names:
+            raise InputError("name manifests, or use --changed/--check, not both")
+        stale = stale_affected(project.root, base, head, exclude)
+        if check:
+            for problem in stale:
+                click.echo(f"stale {problem}")
+            if stale:
+                where = "".join(f" --exclude {shlex.quote(g)}" for g in exclude)
+                raise _Error(f"{len(stale)} affected manifest(s) need a new version: run `python -m builder bump "
+                             f"--changed --base {shlex.quote(base)}{where}` and commit the result")
+            click.echo("ok: every affected manifest has a new version")
+            return
+        paths = [project.manifest_path(p.name) for p in stale]
+    elif names:
+        paths = [project.manifest_path(n) for n in names]
+    else:
+        raise InputError("say what to bump: NAME..., or --changed --base REF")
+    for path in paths:
+        done = bump_manifest(path, part)
+        click.echo(f"bumped {done.name}: {done.old} -> {done.new}")
+    if not paths:
+        click.echo("nothing to bump: every affected manifest already has a new version")
 
 
 @cli.command()

@@ -271,12 +271,23 @@ def new(ctx: click.Context, name: str, source: str, repo_type: str, task: str | 
 @cli.command()
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@click.option("--prometheus", is_flag=True, help="Every model's download, build, smoke and push figures in the "
+                                                 "Prometheus text format (textfile collector, Pushgateway).")
 @click.pass_context
-def stats(ctx: click.Context, name: str | None, as_json: bool) -> None:
+def stats(ctx: click.Context, name: str | None, as_json: bool, prometheus: bool) -> None:
     """Download success rate and throughput per mirror, from the ledger (optionally one model's)."""
     from rich.table import Table
 
+    from builder.errors import InputError
+
     services = _services(ctx, _project(ctx))
+    if prometheus:
+        from builder.metrics import prometheus_text
+
+        if name or as_json:
+            raise InputError("--prometheus reports every model in its own format: leave out NAME and --json")
+        click.echo(prometheus_text(services.ledger), nl=False)
+        return
     rows = services.ledger.mirror_stats(name)
     if as_json:
         click.echo(json.dumps([{**vars(r), "success_rate": r.success_rate, "throughput": r.throughput} for r in rows], indent=2))

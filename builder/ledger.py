@@ -300,3 +300,16 @@ class Ledger:
         ranked = [s for s in self.mirror_stats() if s.attempts >= MIN_ATTEMPTS_FOR_RANKING]
         ranked.sort(key=lambda s: (-round(s.success_rate, 2), -s.throughput))
         return [s.mirror for s in ranked]
+
+    # -- figures for monitoring (builder/metrics.py) -------------------------------------------
+    def download_totals(self) -> list[tuple[str, str, str, int, int, float]]:
+        """(model, mirror, outcome, attempts, bytes, seconds) over every recorded download attempt."""
+        return list(self._db.execute(
+            "SELECT model, mirror, outcome, COUNT(*), COALESCE(SUM(bytes), 0), COALESCE(SUM(seconds), 0)"
+            " FROM download_attempts GROUP BY model, mirror, outcome ORDER BY model, mirror, outcome"))
+
+    def build_rows(self) -> list[tuple[str, str, dict[str, float], float, float | None]]:
+        """(model, status, seconds per phase, started_at, finished_at) of every build, oldest first."""
+        rows = self._db.execute("SELECT model, status, seconds, started_at, finished_at FROM builds ORDER BY started_at")
+        return [(model, status, json.loads(seconds) if seconds else {}, started, finished)
+                for model, status, seconds, started, finished in rows]

@@ -24,7 +24,13 @@ from builder import __version__
 from builder.errors import BuilderError, ManifestError
 from builder.manifest import Manifest, Task  # the choices of `new` are the manifest's own
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# markup=False: user text (manifest values, ledger rows, errors, table cells) is printed as it is;
+# the few styled lines ask for markup and escape what they interpolate.
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+
+
+def _out() -> Console:
+    return Console(markup=False, highlight=False)
 
 
 def _project(ctx: click.Context):
@@ -299,7 +305,7 @@ def stats(ctx: click.Context, name: str | None, as_json: bool, prometheus: bool)
     for r in rows:
         table.add_row(r.mirror, str(r.attempts), str(r.ok), str(r.retries), str(r.failed), f"{r.success_rate:.0%}",
                       f"{r.bytes / 1e6:.1f} MB", f"{r.throughput / 1e6:.1f} MB/s")
-    Console().print(table)
+    _out().print(table)
     ranking = services.ledger.mirror_ranking()
     if ranking:
         click.echo(f"preferred order: {', '.join(ranking)}")
@@ -467,7 +473,7 @@ def history(ctx: click.Context, name: str, as_json: bool) -> None:
         else:
             outcome, detail = e["outcome"], f"{e['target']}"
         table.add_row(_when(e["at"]), e["event"], e.get("version") or "", outcome, digest, (detail or "")[:80])
-    Console().print(table)
+    _out().print(table)
 
 
 @cli.command()

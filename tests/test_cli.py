@@ -175,3 +175,23 @@ def test_user_text_that_looks_like_markup_is_printed_as_it_is(tmp_path: Path, de
     assert result.returncode == 2, result.stderr
     assert "internal error" not in result.stderr and "MarkupError" not in result.stderr
     assert "'[/x]'" in result.stderr
+
+
+def test_ledger_text_that_looks_like_markup_is_printed_as_it_is(tmp_path: Path) -> None:
+    """Issue 15: the tables of `history` and `stats` read their cells as markup too."""
+    from builder.fetch import Attempt
+    from builder.ledger import Ledger
+
+    path = tmp_path / "ledger.sqlite3"
+    ledger = Ledger(path)
+    ledger.start_build("b1", "m", "1.0.0", "sha256:x", "0.1.0", None)
+    ledger.finish_build("b1", "failed", error="pip: no match for torch[/x] [bold]")
+    ledger.record_attempts([Attempt("m", "ns/r", "a" * 40, "f.bin", "[/mirror]", 10, 1.0, "ok", None)])
+    ledger.close()
+    env = _env(BUILDER_LEDGER=str(path), COLUMNS="200")
+    history = run_builder(["history", "m"], env)
+    assert history.returncode == 0, history.stderr
+    assert "pip: no match for torch[/x] [bold]" in history.stdout
+    stats = run_builder(["stats"], env)
+    assert stats.returncode == 0, stats.stderr
+    assert "[/mirror]" in stats.stdout

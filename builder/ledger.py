@@ -115,6 +115,21 @@ MIGRATIONS: tuple[str, ...] = (
 MIN_ATTEMPTS_FOR_RANKING = 3
 
 
+def statements(script: str) -> list[str]:
+    """A migration's statements, one by one. sqlite3.complete_statement knows where one ends; a
+    split on ';' would cut a statement whose string literal or trigger body holds one."""
+    done: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            done.append(pending.strip())
+            pending = ""
+    if pending.strip() and not all(part.strip().startswith("--") or not part.strip() for part in pending.splitlines()):
+        raise ConfigError(f"a ledger migration ends in an unfinished statement: {' '.join(pending.split())[:120]}")
+    return done
+
+
 @dataclass(frozen=True)
 class MirrorStats:
     mirror: str
@@ -164,7 +179,7 @@ class Ledger:
             if version > len(MIGRATIONS):
                 raise ConfigError(f"{self.path} was written by a newer builder (schema {version}): upgrade builder")
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in filter(str.strip, script.split(";")):
+                for statement in statements(script):
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version = {number}")
 

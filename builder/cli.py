@@ -151,7 +151,9 @@ class _PushProgress:
 @click.option("--gpus", type=click.Choice(["auto", "all", "none"]), default="auto", show_default=True,
               help="Run the smoke test on the GPU: auto uses one when the engine has the NVIDIA runtime.")
 @click.option("--no-cache", is_flag=True, help="Run every build step again; the weights and pip caches stay.")
-@click.option("--network", default="host", show_default=True, help="Network for build steps (host or default).")
+@click.option("--network", default="auto", show_default=True,
+              help="Network for build steps: host, default or none; auto: host where the engine has no bridge "
+                   "network (dockerd --bridge=none), else the engine's default.")
 @click.option("--ca-bundle", type=click.Path(dir_okay=False, path_type=Path), envvar="BUILDER_CA_BUNDLE",
               help="CA bundle for a TLS-intercepting proxy, passed as a build secret, never stored in the image.")
 @click.option("--pip-conf", type=click.Path(dir_okay=False, path_type=Path), envvar="BUILDER_PIP_CONF",

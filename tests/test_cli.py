@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 
@@ -61,7 +62,23 @@ def test_render_prints_the_golden_dockerfile() -> None:
 def test_render_context_writes_a_buildable_context(tmp_path: Path) -> None:
     result = run_builder(["render", "demo", "--context", str(tmp_path / "ctx")], _env())
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "ctx/Dockerfile").is_file() and (tmp_path / "ctx/weights.json").is_file()
+    ctx = tmp_path / "ctx"
+    assert result.stdout.strip() == str(ctx)
+    assert (ctx / "Dockerfile").read_text() == (ROOT / "tests/golden/demo.Dockerfile").read_text()
+    # every COPY from the context has its source there, holding what the builder meant to put
+    sources = [line.split()[1] for line in (ctx / "Dockerfile").read_text().splitlines()
+               if line.startswith("COPY ") and "--from=" not in line]
+    assert sources == ["fetch/", "weights.json", "server/", "manifest.json"]
+    assert all((ctx / source).exists() for source in sources)
+    from builder.manifest import load_manifest
+    from builder.render import weights_plan
+
+    demo = load_manifest(ROOT / "manifests/demo.yaml")
+    assert json.loads((ctx / "weights.json").read_text()) == json.loads(json.dumps(weights_plan(demo).plan))
+    shipped = json.loads((ctx / "manifest.json").read_text())
+    assert (shipped["name"], shipped["version"]) == ("demo", demo.version)
+    assert (ctx / "server/app.py").read_bytes() == (ROOT / "server/app.py").read_bytes()
+    assert (ctx / "fetch/builder/errors.py").read_bytes() == (ROOT / "builder/errors.py").read_bytes()
 
 
 def test_build_refuses_an_unlocked_manifest_before_touching_docker(tmp_path: Path, demo_manifest_data) -> None:

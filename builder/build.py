@@ -224,7 +224,7 @@ def _build_smoke_push(manifest: Manifest, origin: str, options: BuildOptions, fe
         if not _same_image(client, manifest.name, existing, image_id):
             raise RegistryError(
                 f"{result.tag} already exists with other content ({existing.digest}); versions are immutable: "
-                f"bump version in {origin} and build again"
+                f"bump version in {origin} (python -m builder bump {manifest.name}) and build again"
             )
         say(f"{result.tag} already holds this image: nothing to push")
         if client.get_document(manifest.name, smoke_tag(existing.digest)) is None:

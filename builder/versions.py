@@ -87,12 +87,15 @@ def base_version(root: Path, base: str, head: str, name: str) -> str | None:
         raise InputError(f"--base {base}: git finds no merge base with {head} "
                          f"({' '.join(merge_base.stderr.split())[:160]}): fetch the history (fetch-depth: 0)")
     shown = _git(root, "show", f"{merge_base.stdout.strip()}:manifests/{name}.yaml")
-    if shown.returncode != 0:
-        return None  # new in this change
+    return _version_of(shown.stdout) if shown.returncode == 0 else None  # None: new in this change
+
+
+def _version_of(text: str) -> str | None:
+    """The top-level version, or None where the YAML is broken (`validate` reports that)."""
     try:
-        data = yaml.safe_load(shown.stdout)
+        data = yaml.safe_load(text)
     except yaml.YAMLError:
-        return None  # the base's file was broken: nothing was pushed from it
+        return None
     version = data.get("version") if isinstance(data, dict) else None
     return str(version) if version is not None else None
 
@@ -100,15 +103,9 @@ def base_version(root: Path, base: str, head: str, name: str) -> str | None:
 def _version_at(root: Path, head: str, name: str) -> str | None:
     if head == "HEAD":  # the work tree: what a bump just wrote counts before it is committed
         path = root / "manifests" / f"{name}.yaml"
-        text = path.read_text(encoding="utf-8") if path.exists() else None
-    else:
-        shown = _git(root, "show", f"{head}:manifests/{name}.yaml")
-        text = shown.stdout if shown.returncode == 0 else None
-    if text is None:
-        return None
-    data = yaml.safe_load(text)
-    version = data.get("version") if isinstance(data, dict) else None
-    return str(version) if version is not None else None
+        return _version_of(path.read_text(encoding="utf-8")) if path.exists() else None
+    shown = _git(root, "show", f"{head}:manifests/{name}.yaml")
+    return _version_of(shown.stdout) if shown.returncode == 0 else None
 
 
 def stale_versions(root: Path, names: list[str], base: str, head: str = "HEAD") -> list[VersionProblem]:
@@ -116,7 +113,7 @@ def stale_versions(root: Path, names: list[str], base: str, head: str = "HEAD") 
     from builder.changed import NULL_SHA
 
     if not base or base == NULL_SHA:
-        return []  # a new branch: nothing to compare with, nothing of it was pushed
+        return []  # a branch's first push: nothing to compare with
     problems = []
     for name in names:
         before = base_version(root, base, head, name)

@@ -42,7 +42,7 @@ class BuildOptions:
     base_image: str | None = None
     gpus: str = "auto"  # auto | all | none
     no_cache: bool = False
-    network: str = "host"
+    network: str = "auto"  # build steps: host where the engine has no bridge network (docker.network_for)
     ca_bundle: Path | None = None
     pip_conf: Path | None = None
     hf_endpoint: str | None = None  # must be an approved mirror; tried first
@@ -231,7 +231,7 @@ def _build_smoke_push(manifest: Manifest, origin: str, options: BuildOptions, fe
         if not _same_image(client, manifest.name, existing, image_id):
             raise RegistryError(
                 f"{result.tag} already exists with other content ({existing.digest}); versions are immutable: "
-                f"bump version in {origin} and build again"
+                f"bump version in {origin} (python -m builder bump {manifest.name}) and build again"
             )
         say(f"{result.tag} already holds this image: nothing to push")
         if client.get_document(manifest.name, smoke_tag(existing.digest)) is None:
@@ -301,7 +301,7 @@ def _same_image(client: RegistryClient, name: str, remote, image_id: str) -> boo
 
 
 def _with_run_commands(result: BuildResult, manifest: Manifest, docker: Docker, gpus: bool) -> BuildResult:
-    host_network = not docker.client.networks.list(names=["bridge"])  # dockerd --bridge=none: no -p
+    host_network = not docker.has_bridge_network()  # dockerd --bridge=none: no -p
     result.run_commands = run_instructions(manifest, result.digest_reference or result.tag, host_network, gpus)
     return result
 

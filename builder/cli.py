@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -23,7 +24,13 @@ from builder import __version__
 from builder.errors import BuilderError, ManifestError
 from builder.manifest import Manifest, Task  # the choices of `new` are the manifest's own
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# markup=False: user text (manifest values, ledger rows, errors, table cells) is printed as it is;
+# the few styled lines ask for markup and escape what they interpolate.
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+
+
+def _out() -> Console:
+    return Console(markup=False, highlight=False)
 
 
 def _project(ctx: click.Context):
@@ -192,7 +199,9 @@ class _PushProgress:
 @click.option("--gpus", type=click.Choice(["auto", "all", "none"]), default="auto", show_default=True,
               help="Run the smoke test on the GPU: auto uses one when the engine has the NVIDIA runtime.")
 @click.option("--no-cache", is_flag=True, help="Run every build step again; the weights and pip caches stay.")
-@click.option("--network", default="host", show_default=True, help="Network for build steps (host or default).")
+@click.option("--network", default="auto", show_default=True,
+              help="Network for build steps: host, default or none; auto: host where the engine has no bridge "
+                   "network (dockerd --bridge=none), else the engine's default.")
 @click.option("--ca-bundle", type=click.Path(dir_okay=False, path_type=Path), envvar="BUILDER_CA_BUNDLE",
               help="CA bundle for a TLS-intercepting proxy, passed as a build secret, never stored in the image.")
 @click.option("--pip-conf", type=click.Path(dir_okay=False, path_type=Path), envvar="BUILDER_PIP_CONF",
@@ -319,12 +328,23 @@ def new(ctx: click.Context, name: str, source: str, repo_type: str, task: str | 
 @cli.command()
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@click.option("--prometheus", is_flag=True, help="Every model's download, build, smoke and push figures in the "
+                                                 "Prometheus text format (textfile collector, Pushgateway).")
 @click.pass_context
-def stats(ctx: click.Context, name: str | None, as_json: bool) -> None:
+def stats(ctx: click.Context, name: str | None, as_json: bool, prometheus: bool) -> None:
     """Download success rate and throughput per mirror, from the ledger (optionally one model's)."""
     from rich.table import Table
 
+    from builder.errors import InputError
+
     services = _services(ctx, _project(ctx))
+    if prometheus:
+        from builder.metrics import prometheus_text
+
+        if name or as_json:
+            raise InputError("--prometheus reports every model in its own format: leave out NAME and --json")
+        click.echo(prometheus_text(services.ledger), nl=False)
+        return
     rows = services.ledger.mirror_stats(name)
     if as_json:
         click.echo(json.dumps([{**vars(r), "success_rate": r.success_rate, "throughput": r.throughput} for r in rows], indent=2))
@@ -336,7 +356,7 @@ def stats(ctx: click.Context, name: str | None, as_json: bool) -> None:
     for r in rows:
         table.add_row(r.mirror, str(r.attempts), str(r.ok), str(r.retries), str(r.failed), f"{r.success_rate:.0%}",
                       f"{r.bytes / 1e6:.1f} MB", f"{r.throughput / 1e6:.1f} MB/s")
-    Console().print(table)
+    _out().print(table)
     ranking = services.ledger.mirror_ranking()
     if ranking:
         click.echo(f"preferred order: {', '.join(ranking)}")
@@ -504,7 +524,7 @@ def history(ctx: click.Context, name: str, as_json: bool) -> None:
         else:
             outcome, detail = e["outcome"], f"{e['target']}"
         table.add_row(_when(e["at"]), e["event"], e.get("version") or "", outcome, digest, (detail or "")[:80])
-    Console().print(table)
+    _out().print(table)
 
 
 @cli.command()
@@ -632,6 +652,53 @@ def changed(ctx: click.Context, base: str, head: str, exclude: tuple[str, ...], 
 
     names = affected(_project(ctx).root, base, head, exclude)
     click.echo(json.dumps(names) if as_json else "\n".join(names))
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--changed", "changed_only", is_flag=True,
+              help="The manifests the change since --base affects whose version is not yet newer than there.")
+@click.option("--base", help="Git revision to compare with (the PR base, or the previous push).")
+@click.option("--head", default="HEAD", show_default=True, help="With --check: the revision to check.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out manifests whose name matches.")
+@click.option("--part", type=click.Choice(["patch", "minor", "major"]), default="patch", show_default=True)
+@click.option("--check", is_flag=True, help="Change nothing; exit 1 when an affected manifest still has its "
+                                              "version at --base (for CI).")
+@click.pass_context
+def bump(ctx: click.Context, names: tuple[str, ...], changed_only: bool, base: str | None, head: str,
+         exclude: tuple[str, ...], part: str, check: bool) -> None:
+    """Give manifests a new version (NAME..., or --changed --base REF): versions are immutable image tags.
+
+    The edit touches only the `version:` line, and the result must validate."""
+    from builder.errors import BuilderError as _Error, InputError
+    from builder.versions import bump_manifest, stale_affected
+
+    project = _project(ctx)
+    if (check or changed_only) and not base:
+        raise InputError("--check and --changed compare with a revision: pass --base REF (e.g. origin/main)")
+    if check or changed_only:
+        if names:
+            raise InputError("name manifests, or use --changed/--check, not both")
+        stale = stale_affected(project.root, base, head, exclude)
+        if check:
+            for problem in stale:
+                click.echo(f"stale {problem}")
+            if stale:
+                where = "".join(f" --exclude {shlex.quote(g)}" for g in exclude)
+                raise _Error(f"{len(stale)} affected manifest(s) need a new version: run `python -m builder bump "
+                             f"--changed --base {shlex.quote(base)}{where}` and commit the result")
+            click.echo("ok: every affected manifest has a new version")
+            return
+        paths = [project.manifest_path(p.name) for p in stale]
+    elif names:
+        paths = [project.manifest_path(n) for n in names]
+    else:
+        raise InputError("say what to bump: NAME..., or --changed --base REF")
+    for path in paths:
+        done = bump_manifest(path, part)
+        click.echo(f"bumped {done.name}: {done.old} -> {done.new}")
+    if not paths:
+        click.echo("nothing to bump: every affected manifest already has a new version")
 
 
 @cli.command()

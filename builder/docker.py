@@ -81,8 +81,17 @@ class BuildRequest:
     context: Path
     secrets: Mapping[str, Path] = field(default_factory=dict)  # id -> file; files stay outside the context
     build_args: Mapping[str, str] = field(default_factory=dict)
-    network: str = "host"
+    network: str = "auto"  # auto: network_for() picks by the engine's networks
     discard: bool = False  # run the steps for their output only: export nothing, make no image
+
+
+def network_for(requested: str, has_bridge: bool) -> str:
+    """The network for build steps. auto: the engine's default network where it has a bridge
+    network; host where it has none (dockerd --bridge=none), since there a step on the default
+    network reaches nothing, not even the Hub. Anything else is taken as asked."""
+    if requested != "auto":
+        return requested
+    return "default" if has_bridge else "host"
 
 
 def _failure_summary(lines: list[str]) -> str:
@@ -130,7 +139,9 @@ class Docker:
         secrets_to_hide = [s for s in scrub if s]
         with tempfile.TemporaryDirectory(prefix="builder-iid-") as tmp:
             iidfile = Path(tmp, "iid")
-            argv = [*tool.argv, "--progress=plain", "--network", request.network]
+            # The engine is asked only when the choice is the engine's to make.
+            network = request.network if request.network != "auto" else network_for("auto", self.has_bridge_network())
+            argv = [*tool.argv, "--progress=plain", "--network", network]
             if request.discard:
                 argv = [a for a in argv if a != "--load"] + ["--output", "type=tar,dest=/dev/null"]
             else:
@@ -169,6 +180,11 @@ class Docker:
         return image_id
 
     # -- inspect, run ------------------------------------------------------------------------
+    def has_bridge_network(self) -> bool:
+        """Whether the engine has its default bridge network (dockerd --bridge=none has none).
+        The name filter matches substrings: compare the names."""
+        return any(n.name == "bridge" for n in self.client.networks.list(names=["bridge"]))
+
     def has_gpu_runtime(self) -> bool:
         info = self.client.info()
         return "nvidia" in (info.get("Runtimes") or {})

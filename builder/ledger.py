@@ -115,6 +115,21 @@ MIGRATIONS: tuple[str, ...] = (
 MIN_ATTEMPTS_FOR_RANKING = 3
 
 
+def statements(script: str) -> list[str]:
+    """A migration's statements, one by one. sqlite3.complete_statement knows where one ends; a
+    split on ';' would cut a statement whose string literal or trigger body holds one."""
+    done: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            done.append(pending.strip())
+            pending = ""
+    if pending.strip() and not all(part.strip().startswith("--") or not part.strip() for part in pending.splitlines()):
+        raise ConfigError(f"a ledger migration ends in an unfinished statement: {' '.join(pending.split())[:120]}")
+    return done
+
+
 @dataclass(frozen=True)
 class MirrorStats:
     mirror: str
@@ -164,7 +179,7 @@ class Ledger:
             if version > len(MIGRATIONS):
                 raise ConfigError(f"{self.path} was written by a newer builder (schema {version}): upgrade builder")
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in filter(str.strip, script.split(";")):
+                for statement in statements(script):
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version = {number}")
 
@@ -300,3 +315,16 @@ class Ledger:
         ranked = [s for s in self.mirror_stats() if s.attempts >= MIN_ATTEMPTS_FOR_RANKING]
         ranked.sort(key=lambda s: (-round(s.success_rate, 2), -s.throughput))
         return [s.mirror for s in ranked]
+
+    # -- figures for monitoring (builder/metrics.py) -------------------------------------------
+    def download_totals(self) -> list[tuple[str, str, str, int, int, float]]:
+        """(model, mirror, outcome, attempts, bytes, seconds) over every recorded download attempt."""
+        return list(self._db.execute(
+            "SELECT model, mirror, outcome, COUNT(*), COALESCE(SUM(bytes), 0), COALESCE(SUM(seconds), 0)"
+            " FROM download_attempts GROUP BY model, mirror, outcome ORDER BY model, mirror, outcome"))
+
+    def build_rows(self) -> list[tuple[str, str, dict[str, float], float, float | None]]:
+        """(model, status, seconds per phase, started_at, finished_at) of every build, oldest first."""
+        rows = self._db.execute("SELECT model, status, seconds, started_at, finished_at FROM builds ORDER BY started_at")
+        return [(model, status, json.loads(seconds) if seconds else {}, started, finished)
+                for model, status, seconds, started, finished in rows]

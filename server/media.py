@@ -18,6 +18,17 @@ import numpy as np
 from server.errors import InputError
 
 MAX_PIXELS = 4096 * 4096
+# The image formats the API accepts. Pillow is asked to try these plugins only, so no other
+# parser (PSD, TIFF, EPS through Ghostscript, ...) ever reads a request's bytes.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+# The video containers the API accepts: FFmpeg demuxer -> what a client is told. A container is
+# chosen by its leading bytes and opened by name, never by FFmpeg's probe, and the whitelist keeps
+# any nested open to these too: no demuxer that reads other files or URLs (hls, dash, concat,
+# image2 patterns, ...) is reachable from a request.
+VIDEO_DEMUXERS = {"mov": "MP4/MOV", "matroska": "WebM/Matroska"}
+_ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")  # an MP4/MOV's first box
+_EBML = b"\x1a\x45\xdf\xa3"  # Matroska and WebM
+ACCEPTED = f"PNG, JPEG or WebP image, or {', '.join(VIDEO_DEMUXERS.values())} video"
 
 
 def _bytes_of(field: str, value: str) -> bytes:
@@ -31,12 +42,12 @@ def _bytes_of(field: str, value: str) -> bytes:
 
 
 def decode_image(field: str, value: str) -> np.ndarray:
-    """base64 PNG/JPEG/WebP -> H x W x 3 uint8 RGB, upright as its EXIF orientation says (phone photos)."""
+    """base64 PNG/JPEG/WebP (nothing else) -> H x W x 3 uint8 RGB, upright as its EXIF orientation says (phone photos)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     data = _bytes_of(field, value)
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
             if image.width * image.height > MAX_PIXELS:
                 raise InputError(f"{field}: image is {image.width}x{image.height}, larger than 4096x4096")
             return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
@@ -107,7 +118,7 @@ def decode_frames(field: str, value: str, max_frames: int,
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
             image.verify()
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError):
         pass  # not an image (PIL reports a corrupt PNG as SyntaxError): try it as a video
@@ -116,11 +127,15 @@ def decode_frames(field: str, value: str, max_frames: int,
         if frame.shape[0] * frame.shape[1] > max_pixels:
             raise InputError(f"{field}: image is {frame.shape[1]}x{frame.shape[0]}, more than {max_pixels} pixels")
         return [frame], None
+    demuxer = video_demuxer(data)
+    if demuxer is None:
+        raise InputError(f"{field}: not an accepted image or video ({ACCEPTED})")
     import av
 
     frames: list[np.ndarray] = []
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
+        with av.open(io.BytesIO(data), mode="r", format=demuxer,
+                     container_options={"format_whitelist": ",".join(VIDEO_DEMUXERS)}) as container:
             if not container.streams.video:
                 raise InputError(f"{field}: neither an image nor a video with a video stream")
             stream = container.streams.video[0]
@@ -138,6 +153,15 @@ def decode_frames(field: str, value: str, max_frames: int,
     if not frames:
         raise InputError(f"{field}: the video has no frames")
     return frames, fps
+
+
+def video_demuxer(data: bytes) -> str | None:
+    """The FFmpeg demuxer for an accepted container, by its leading bytes; None for anything else."""
+    if data[4:8] in _ISO_BOXES:
+        return "mov"
+    if data.startswith(_EBML):
+        return "matroska"
+    return None
 
 
 def encode_mp4(frames: np.ndarray, fps: int, audio: tuple[np.ndarray, int] | None = None) -> bytes:

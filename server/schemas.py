@@ -117,7 +117,8 @@ class TextToSpeechResponse(BaseModel):
 
 class LipSyncRequest(_Request):
     reference: str = Field(min_length=1, max_length=MAX_FILE_CHARS,
-                           description="The face to animate: an image, or a video whose frames are reused in turn, base64.")
+                           description="The face to animate: a PNG, JPEG or WebP image, or an MP4/MOV or "
+                                       "WebM/Matroska video whose frames are reused in turn, base64.")
     audio: str = Field(min_length=1, max_length=MAX_FILE_CHARS, description="The speech to lip-sync: PCM WAV, base64.")
     fps: int = Field(default=25, ge=1, le=60, description="Output frames per second.")
 

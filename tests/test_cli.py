@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 
@@ -61,7 +62,23 @@ def test_render_prints_the_golden_dockerfile() -> None:
 def test_render_context_writes_a_buildable_context(tmp_path: Path) -> None:
     result = run_builder(["render", "demo", "--context", str(tmp_path / "ctx")], _env())
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "ctx/Dockerfile").is_file() and (tmp_path / "ctx/weights.json").is_file()
+    ctx = tmp_path / "ctx"
+    assert result.stdout.strip() == str(ctx)
+    assert (ctx / "Dockerfile").read_text() == (ROOT / "tests/golden/demo.Dockerfile").read_text()
+    # every COPY from the context has its source there, holding what the builder meant to put
+    sources = [line.split()[1] for line in (ctx / "Dockerfile").read_text().splitlines()
+               if line.startswith("COPY ") and "--from=" not in line]
+    assert sources == ["fetch/", "weights.json", "server/", "manifest.json"]
+    assert all((ctx / source).exists() for source in sources)
+    from builder.manifest import load_manifest
+    from builder.render import weights_plan
+
+    demo = load_manifest(ROOT / "manifests/demo.yaml")
+    assert json.loads((ctx / "weights.json").read_text()) == json.loads(json.dumps(weights_plan(demo).plan))
+    shipped = json.loads((ctx / "manifest.json").read_text())
+    assert (shipped["name"], shipped["version"]) == ("demo", demo.version)
+    assert (ctx / "server/app.py").read_bytes() == (ROOT / "server/app.py").read_bytes()
+    assert (ctx / "fetch/builder/errors.py").read_bytes() == (ROOT / "builder/errors.py").read_bytes()
 
 
 def test_build_refuses_an_unlocked_manifest_before_touching_docker(tmp_path: Path, demo_manifest_data) -> None:
@@ -197,3 +214,23 @@ def test_a_file_over_the_registrys_largest_layer_fails_validate_and_render_namin
     (tmp_path / "limit.yaml").write_text("push: {max_layer_gb: 5}\n")
     limited = run_builder(["--root", str(project.root), "validate", "demo"], _env(BUILDER_CONFIG=str(tmp_path / "limit.yaml")))
     assert limited.returncode == 2 and "over the registry's largest layer (5.00 GB" in limited.stderr
+
+
+def test_ledger_text_that_looks_like_markup_is_printed_as_it_is(tmp_path: Path) -> None:
+    """Issue 15: the tables of `history` and `stats` read their cells as markup too."""
+    from builder.fetch import Attempt
+    from builder.ledger import Ledger
+
+    path = tmp_path / "ledger.sqlite3"
+    ledger = Ledger(path)
+    ledger.start_build("b1", "m", "1.0.0", "sha256:x", "0.1.0", None)
+    ledger.finish_build("b1", "failed", error="pip: no match for torch[/x] [bold]")
+    ledger.record_attempts([Attempt("m", "ns/r", "a" * 40, "f.bin", "[/mirror]", 10, 1.0, "ok", None)])
+    ledger.close()
+    env = _env(BUILDER_LEDGER=str(path), COLUMNS="200")
+    history = run_builder(["history", "m"], env)
+    assert history.returncode == 0, history.stderr
+    assert "pip: no match for torch[/x] [bold]" in history.stdout
+    stats = run_builder(["stats"], env)
+    assert stats.returncode == 0, stats.stderr
+    assert "[/mirror]" in stats.stdout

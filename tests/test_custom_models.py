@@ -274,11 +274,21 @@ def test_musetalk_takes_a_video_reference(musetalk_server: str) -> None:
     assert response.json()["frames"] == 25
 
 
+def _tiff(image: bytes) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(image)).save(buffer, "TIFF")
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize(("body", "detail"), [
     ({"reference": b64(NO_FACE)}, "reference: no face found in the image"),
     ({"audio": b64(b"RIFF....WAVEfmt ")}, "audio: not a PCM WAV file"),
     ({"audio": b64(wav(voiced_speech(0.1, 16000), 16000))}, "audio: 0.10 s of audio; between 0.2 and 60 s needed"),
-    ({"reference": b64(b"\x00\x01 not media")}, "reference: not a readable image or video"),
+    ({"reference": b64(b"\x00\x01 not media")}, "reference: not an accepted image or video"),
+    # untrusted bytes reach only the accepted formats' parsers (issue 15): a TIFF, an HLS playlist
+    ({"reference": b64(_tiff(FACE))}, "reference: not an accepted image or video (PNG, JPEG or WebP image"),
+    ({"reference": b64(b"#EXTM3U\n#EXTINF:1,\nfile:///etc/passwd\n#EXT-X-ENDLIST\n")},
+     "reference: not an accepted image or video"),
 ])
 def test_musetalk_bad_inputs_are_422_naming_the_field(musetalk_server: str, body: dict, detail: str) -> None:
     response = _lipsync(musetalk_server, **body)

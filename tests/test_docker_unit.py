@@ -72,3 +72,11 @@ def test_markers_are_recognised_only_at_the_start_of_output() -> None:
 
 def test_a_marker_is_one_line_whatever_the_message() -> None:
     assert ChecksumMismatch("a\nb  c").marker() == "::builder-error::ChecksumMismatch::a b c"
+
+
+def test_the_build_network_follows_the_engine_unless_asked() -> None:
+    from builder.docker import network_for
+
+    assert network_for("auto", has_bridge=False) == "host"  # dockerd --bridge=none: the default reaches nothing
+    assert network_for("auto", has_bridge=True) == "default"
+    assert network_for("host", has_bridge=True) == "host" and network_for("none", has_bridge=False) == "none"

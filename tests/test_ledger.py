@@ -119,3 +119,30 @@ def test_a_build_row_says_running_until_it_ends(tmp_path: Path) -> None:
     ledger.finish_build("b1", "failed", error="smoke test failed: blank image")
     event = ledger.history("m")[0]
     assert (event["status"], event["error"]) == ("failed", "smoke test failed: blank image")
+
+
+def test_a_semicolon_inside_a_statement_does_not_split_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: migrations were split on ';', cutting a string literal (or a trigger body) in two."""
+    import builder.ledger
+
+    extra = """
+    CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL DEFAULT 'a; b');
+    CREATE TRIGGER notes_stamp AFTER INSERT ON notes BEGIN
+        UPDATE notes SET body = body || '; seen' WHERE id = NEW.id;
+    END;
+    INSERT INTO notes (id) VALUES (1);  -- a comment; with a semicolon
+    """
+    monkeypatch.setattr(builder.ledger, "MIGRATIONS", MIGRATIONS + (extra,))
+    Ledger(tmp_path / "l.sqlite3").close()
+    db = sqlite3.connect(tmp_path / "l.sqlite3")
+    assert db.execute("SELECT body FROM notes").fetchall() == [("a; b; seen",)]
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) + 1
+
+
+def test_an_unfinished_migration_statement_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builder.ledger
+
+    monkeypatch.setattr(builder.ledger, "MIGRATIONS", MIGRATIONS + ("CREATE TABLE broken (id INTEGER",))
+    with pytest.raises(ConfigError, match="a ledger migration ends in an unfinished statement: CREATE TABLE broken"):
+        Ledger(tmp_path / "l.sqlite3")
+    assert sqlite3.connect(tmp_path / "l.sqlite3").execute("PRAGMA user_version").fetchone()[0] == 0  # all or nothing

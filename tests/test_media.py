@@ -360,7 +360,7 @@ def test_decode_frames_stops_at_max_frames():
 
 
 def test_decode_frames_errors_name_the_field():
-    with pytest.raises(InputError, match=r"^source: not a readable image or video"):
+    with pytest.raises(InputError, match=r"^source: not an accepted image or video \(PNG, JPEG or WebP image"):
         media.decode_frames("source", b64(b"\x00" * 200), max_frames=10)
     with pytest.raises(InputError, match=r"^source: not valid base64"):
         media.decode_frames("source", "not base64 at all!", max_frames=10)
@@ -534,7 +534,7 @@ def test_decode_frames_scales_a_size_change_back_to_the_first_frame():
     import av
 
     buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="avi") as container:
+    with av.open(buffer, mode="w", format="matroska") as container:
         stream = container.add_stream("mjpeg", rate=25)
         stream.width, stream.height, stream.pix_fmt = 32, 24, "yuvj420p"
         for size in ((32, 24), (64, 48), (32, 24)):
@@ -552,3 +552,65 @@ def test_video_problem_accepts_uint8_frames():
     assert "does not move" in video_problem(np.repeat(frames[:1], 4, axis=0), VIDEO)
     frames[1] = 7
     assert video_problem(frames, VIDEO).startswith("frame 1: image is blank")
+
+
+# -- untrusted media: only the accepted formats' parsers see a request's bytes (issue 15) --------
+def _video(container: str, codec: str, frames: int = 3) -> bytes:
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=container) as out:
+        stream = out.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+        for pixels in range(frames):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(random_pixels(16, 16, pixels), format="rgb24")))
+        out.mux(stream.encode())
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "BMP", "GIF", "PPM", "ICO"])
+def test_an_image_format_the_api_does_not_accept_is_refused(fmt: str) -> None:
+    data = b64(image_bytes(random_pixels(16, 16), fmt))
+    assert Image.open(io.BytesIO(base64.b64decode(data))).format == fmt  # a readable image, just not accepted
+    with pytest.raises(InputError, match=r"^face: not a readable image \(PNG, JPEG or WebP\)"):
+        media.decode_image("face", data)
+    with pytest.raises(InputError, match=r"^reference: not an accepted image or video \(PNG, JPEG or WebP image, "
+                                         r"or MP4/MOV, WebM/Matroska video\)$"):
+        media.decode_frames("reference", data, max_frames=2)
+
+
+def test_a_psd_and_an_eps_never_reach_their_parsers() -> None:
+    psd = b"8BPS\x00\x01" + b"\x00" * 6 + b"\x00\x03" + (16).to_bytes(4, "big") * 2 + b"\x00\x08\x00\x03" + b"\x00" * 64
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\nshowpage\n"
+    for data in (psd, eps):
+        with pytest.raises(InputError, match=r"^face: not a readable image \(PNG, JPEG or WebP\): cannot identify"):
+            media.decode_image("face", b64(data))
+
+
+@pytest.mark.parametrize(("container", "codec"), [("avi", "mpeg4"), ("mpegts", "mpeg2video"), ("flv", "flv")])
+def test_a_video_container_the_api_does_not_accept_is_refused(container: str, codec: str) -> None:
+    with pytest.raises(InputError, match=r"^reference: not an accepted image or video"):
+        media.decode_frames("reference", b64(_video(container, codec)), max_frames=2)
+
+
+@pytest.mark.parametrize(("playlist", "message"), [
+    (b"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nfile:///etc/passwd\n#EXT-X-ENDLIST\n", "not an accepted"),
+    (b"ffconcat version 1.0\nfile '/etc/passwd'\n", "not an accepted"),
+    # a playlist whose first bytes claim an MP4 is opened by the MP4 demuxer alone, which cannot read it
+    (b"\x00\x00\x00\x18ftyp#EXTM3U\n#EXTINF:1,\nfile:///etc/passwd\n", "not a readable"),
+])
+def test_playlists_and_concat_scripts_are_refused(playlist: bytes, message: str) -> None:
+    with pytest.raises(InputError, match=rf"^reference: {message} image or video"):
+        media.decode_frames("reference", b64(playlist), max_frames=2)
+
+
+def test_webm_and_matroska_are_accepted() -> None:
+    frames, fps = media.decode_frames("reference", b64(_video("matroska", "libx264", 4)), max_frames=10)
+    assert len(frames) == 4 and frames[0].shape == (16, 16, 3) and fps == pytest.approx(10)
+
+
+def test_the_video_demuxer_is_chosen_by_the_leading_bytes() -> None:
+    assert media.video_demuxer(media.encode_mp4(float_frames(2, 16, 16), fps=5)) == "mov"
+    assert media.video_demuxer(_video("matroska", "libx264")) == "matroska"
+    assert media.video_demuxer(_video("avi", "mpeg4")) is None
+    assert media.video_demuxer(b"#EXTM3U\n") is None

@@ -242,12 +242,25 @@ def test_beyond_the_queue_is_429_with_retry_after(tmp_path: Path, tiny_sd: Path,
 
 def test_a_request_past_its_timeout_is_504_and_the_model_stays_busy_until_done(tmp_path: Path, tiny_sd: Path,
                                                                                demo_manifest_data) -> None:
-    with _slow_server(tmp_path, tiny_sd, demo_manifest_data, BUILDER_REQUEST_TIMEOUT="1") as url:
+    from concurrent.futures import ThreadPoolExecutor
+
+    record = tmp_path / "inside.log"
+    data = _custom(demo_manifest_data, "tests.fixtures.rigged:probe")
+    data["entrypoint"]["options"] = {"record": str(record), "seconds": 2}
+    with serve(write_manifest_json(tmp_path, data), tiny_sd, BUILDER_REQUEST_TIMEOUT="1", BUILDER_MAX_QUEUE="4") as url:
         late = _predict(url)
         assert late.status_code == 504 and "longer than 1s" in late.json()["detail"]
-        # The rigged inference still runs for ~2 s more: the next request must wait for it, then
-        # fail its own 1 s budget too, never run two inferences at once.
-        assert _predict(url).status_code == 504
+        # The timed-out inference still runs on; three more callers at once while it does. Each
+        # fails its own 1 s budget, and the model never holds two inferences at once: the probe
+        # counts who is inside predict() at every entry.
+        with ThreadPoolExecutor(3) as pool:
+            statuses = [r.status_code for r in pool.map(lambda _: _predict(url), range(3))]
+        assert statuses == [504, 504, 504]
+        wait_for(lambda: record.read_text().count("enter") == record.read_text().count("exit"), 60,
+                 "the model to finish what it started")
+    events = record.read_text().split("\n")[:-1]
+    entries = [int(line.split()[1]) for line in events if line.startswith("enter")]
+    assert entries and max(entries) == 1, events
 
 
 def test_metrics_count_requests_latency_and_load(demo_server: str) -> None:

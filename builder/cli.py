@@ -172,7 +172,8 @@ class _PushProgress:
         else:
             done, total = event.done, event.total
         now = time.monotonic()
-        self.started = self.started or now
+        if self.started is None:  # the first line after `every` seconds, with a rate to go on
+            self.started = self.last_line = now
         self.progress.update(self.task, completed=done, total=total or None)
         if not self.tty and now - self.last_line >= self.every and total:
             self.last_line = now

@@ -22,7 +22,7 @@ from typing import Any
 from builder import __version__
 from builder.config import BuilderConfig, PushConfig
 from builder.docker import BuildRequest, Docker
-from builder.errors import ConfigError, InputError, ManifestError, RegistryError, SmokeTestFailed
+from builder.errors import BuilderError, ConfigError, InputError, ManifestError, RegistryError, SmokeTestFailed
 from builder.fetch import Attempt, parse_attempt
 from builder.ledger import Ledger
 from builder.manifest import Manifest
@@ -239,6 +239,7 @@ def _build_smoke_push(manifest: Manifest, origin: str, options: BuildOptions, fe
         ledger.record_push(build_id, repository, manifest.version, existing.digest, "already_present")
         result.digest_reference = f"{repository}@{existing.digest}"
         result.already_in_registry = True
+        publish_weights(manifest, fetch_config, client, existing.digest, image_id, docker, say)
         return result
     say(f"push {result.tag}")
     started = time.perf_counter()
@@ -253,7 +254,46 @@ def _build_smoke_push(manifest: Manifest, origin: str, options: BuildOptions, fe
     state["layers"] = [{"digest": layer["digest"], "size": layer["size"]} for layer in layers]
     result.digest_reference = f"{repository}@{digest}"
     result.pushed = True
+    publish_weights(manifest, fetch_config, client, digest, image_id, docker, say)
     return result
+
+
+def publish_weights(manifest: Manifest, fetch_config, client: RegistryClient, digest: str, image_id: str,
+                    docker: Docker, say: Say) -> None:
+    """Put each verified weights file in the registry weights store an `oci://` mirror names, for
+    every later build on any host. The image is pushed and good either way: a failure here is a
+    line, not a failed build."""
+    store_url = next((m.url for m in fetch_config.mirrors if m.url.startswith("oci://")), None)
+    if store_url is None:
+        return
+    from builder.registry.weights import WeightsStore, publish
+    from builder.render import model_dir
+
+    threshold = manifest.runtime.large_file_bytes
+    files = []
+    for source in manifest.sources:
+        for artifact in source.artifacts:
+            if not artifact.locked:
+                continue
+            large = (artifact.size or 0) >= threshold
+            member = f"opt/weights/sha256/{artifact.sha256}" if large else \
+                str(model_dir(manifest) / source.destination(artifact)).lstrip("/")
+            files.append({"sha256": artifact.sha256, "size": artifact.size, "repo_id": source.repo_id,
+                          "revision": source.revision, "path": artifact.path, "licence": manifest.license.spdx,
+                          "gated": source.gated, "large": large, "member": member})
+    try:
+        store = WeightsStore.parse(store_url)
+        try:
+            layers = EngineLayers.open(docker.client)
+        except LayersUnavailable:
+            layers = None
+        done = publish(store, client, manifest.name, digest, files, layers, image_id)
+    except BuilderError as exc:
+        say(f"weights store {store_url}: not published ({exc}); builds elsewhere fetch these files from the Hub")
+        return
+    say(f"weights store {store_url}: {done.new} file(s) published ({done.uploaded_bytes} bytes uploaded, the large "
+        f"files' layers mounted), {done.present} already there"
+        + (f"; not published: {', '.join(done.skipped[:3])}" if done.skipped else ""))
 
 
 def push_image(docker: Docker, client: RegistryClient, name: str, tag: str, image_id: str, settings: PushConfig,

@@ -21,8 +21,13 @@ from builder.fetch import OFFICIAL_HUB, FetchConfig, Mirror
 
 
 def _url(value: str) -> str:
+    if value.startswith("oci://"):  # the registry weights store (builder/registry/weights.py)
+        host, _, repository = value.removeprefix("oci://").strip("/").partition("/")
+        if not host or not repository or any(ch.isspace() for ch in value):
+            raise ValueError(f"expected oci://HOST[:PORT]/REPOSITORY, got {value!r}")
+        return value.rstrip("/")
     if not value.startswith(("https://", "http://")) or any(ch.isspace() for ch in value):
-        raise ValueError(f"expected an http(s) URL, got {value!r}")
+        raise ValueError(f"expected an http(s) URL or oci://HOST/REPOSITORY, got {value!r}")
     return value.rstrip("/")
 
 
@@ -30,7 +35,9 @@ class MirrorEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="Short name used in logs and stats.")
-    url: Annotated[str, AfterValidator(_url)] = Field(description="Base URL of a Hub-compatible endpoint.")
+    url: Annotated[str, AfterValidator(_url)] = Field(
+        description="Base URL of a Hub-compatible endpoint, or oci://HOST[:PORT]/REPOSITORY: the registry weights "
+                    "store, where builds publish every verified file and take it from first.")
 
 
 class FetchTuning(BaseModel):

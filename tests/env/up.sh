@@ -4,7 +4,14 @@
 # environment, and the local base images (CPU; audio, for speech models). Safe to run again: each
 # step checks first.
 # Needs root for apt and dockerd (CI and these machines run as root).
+# `up.sh --no-audio` leaves out the audio base image (8 GB, minutes to build): the demo needs none.
 set -euo pipefail
+want_audio=1
+case "${1:-}" in
+  "") ;;
+  --no-audio) want_audio=0 ;;
+  *) printf 'env: unknown option %s (only --no-audio)\n' "$1" >&2; exit 2 ;;
+esac
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -115,7 +122,7 @@ fi
 # wheels reach the build over loopback HTTP, not through the build context.
 audio_hash=$(cat "$here/audio-requirements.txt" "$here/audio-constraints.txt" "$here/audio-image/Dockerfile" | sha256sum | cut -c1-16)
 current=$($DOCKER image inspect -f '{{ index .Config.Labels "io.builder.base.hash" }}' "$AUDIO_BASE_IMAGE" 2>/dev/null || true)
-if [ "$current" != "$audio_hash" ]; then
+if [ "$want_audio" = 1 ] && [ "$current" != "$audio_hash" ]; then
   log "building $AUDIO_BASE_IMAGE (torch 2.9.1, torchaudio, coqui-tts: about 4 GB of wheels the first time)"
   wheels="$root/.cache/wheels-audio"
   mkdir -p "$wheels"
@@ -138,4 +145,4 @@ if [ "$current" != "$audio_hash" ]; then
   trap - EXIT
   rm -rf "$ctx"
 fi
-log "ready: docker $($DOCKER version -f '{{.Server.Version}}'), registry $REGISTRY_ADDR, bases $BASE_IMAGE, $AUDIO_BASE_IMAGE"
+log "ready: docker $($DOCKER version -f '{{.Server.Version}}'), registry $REGISTRY_ADDR, bases $BASE_IMAGE$( [ "$want_audio" = 1 ] && printf ", %s" "$AUDIO_BASE_IMAGE")"

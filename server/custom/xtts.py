@@ -178,7 +178,8 @@ class Xtts:
                                            enable_text_splitting=False, **settings)
                 wav = out["wav"]
                 waves.append(np.asarray(wav.cpu() if hasattr(wav, "cpu") else wav, dtype=np.float32).reshape(-1))
-        return AudioOutput(np.concatenate(waves), self.facts.output_sample_rate, job.seed, time.perf_counter() - started)
+        samples = np.concatenate(waves)
+        return AudioOutput(samples, self.facts.output_sample_rate, job.seed, time.perf_counter() - started)
 
 
 def load(spec: ModelSpec, model_dir: Path, device: str) -> Xtts:

@@ -96,6 +96,8 @@ def test_predict_speaks_a_wav_in_the_voice_of_a_clip(served: str) -> None:
     audio = samples_of(speak(served))
     assert np.isfinite(audio).all() and float(np.sqrt(np.mean(audio ** 2))) > 1e-2
     assert 1.0 <= audio.size / RATE <= 20.0
+    assert np.array_equal(samples_of(speak(served)), audio)  # the seed decides the sampled speech
+    assert not np.array_equal(samples_of(speak(served, seed=2)), audio)
 
 
 def test_long_text_is_spoken_sentence_by_sentence(served: str) -> None:

@@ -21,6 +21,7 @@ from tests.localhub import LocalHub
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "builder-local/python-cpu:3.11"
+AUDIO_BASE_IMAGE = "builder-local/python-audio:3.11"  # torch 2.9.1, torchaudio, coqui-tts (tests/env/up.sh)
 DEMO_REPO = "builder-demo/tiny-sd"
 
 
@@ -106,6 +107,31 @@ def docker_ready() -> None:
     if os.environ.get("BUILDER_REQUIRE_DOCKER") == "1":
         pytest.fail(f"docker tests required (make test) but: {problem}")
     pytest.skip(f"no Docker engine: {problem}")
+
+
+@pytest.fixture(scope="session")
+def audio_ready(docker_ready: None) -> None:
+    """The local audio base image, which the XTTS stand-in is made and built on."""
+    from builder.docker import Docker
+
+    try:
+        Docker.connect().client.images.get(AUDIO_BASE_IMAGE)
+    except Exception:  # noqa: BLE001 - reported as the skip/fail reason
+        problem = f"the local audio base image {AUDIO_BASE_IMAGE} is missing: run `make env`"
+        if os.environ.get("BUILDER_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"docker tests required (make test) but: {problem}")
+        pytest.skip(problem)
+
+
+@pytest.fixture(scope="session")
+def tiny_xtts(tmp_path_factory: pytest.TempPathFactory, hub: LocalHub, audio_ready: None) -> Path:
+    """The tiny XTTS-v2 checkpoint, made in the audio base image (coqui-tts cannot load beside
+    the project's torch) and published to the loopback Hub as manifests/tiny-xtts.yaml names it."""
+    from tests.fixtures.tiny_xtts import make_tiny_xtts
+
+    directory = make_tiny_xtts(tmp_path_factory.mktemp("tiny") / "tiny-xtts", AUDIO_BASE_IMAGE)
+    hub.publish("builder-demo/tiny-xtts", directory)
+    return directory
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """The custom models over real HTTP (uvicorn in a subprocess): InstantID and MuseTalk run their
 tiny random-weight stand-ins through the real loaders; XTTS, whose runtime (coqui-tts) cannot
-run here, is tested through its layout checks and request validation, in front of a rigged
-voice (tests/fixtures/rigged.py)."""
+load beside this environment's torch, is tested here through its layout checks, request
+validation and text splitting, in front of a rigged voice (tests/fixtures/rigged.py), and for
+real in Docker on the audio base (tests/test_docker_xtts.py)."""
 
 from __future__ import annotations
 
@@ -421,6 +422,20 @@ def test_xtts_loader_checks_the_folder_before_needing_coqui(tmp_path: Path) -> N
     else:  # pragma: no cover - a machine with coqui-tts gets past the checks to the (fake) weights
         with pytest.raises(Exception):  # noqa: B017
             load(spec, folder, "cpu")
+
+
+def test_xtts_text_is_split_into_sentences_within_the_limit() -> None:
+    from server.custom.xtts import split_text
+
+    text = "One two three. Four five six! Seven eight nine? Ten eleven; twelve. Thirteen"
+    assert split_text(text, 30) == ["One two three. Four five six!", "Seven eight nine? Ten eleven;", "twelve. Thirteen"]
+    assert split_text(text, 1000) == [text]
+    assert split_text("  Hello.  ", 250) == ["Hello."]
+    long_sentence = " ".join(["word"] * 100) + "."
+    pieces = split_text(long_sentence, 50)
+    assert all(len(piece) <= 50 for piece in pieces) and " ".join(pieces) == long_sentence
+    assert split_text("x" * 120, 50) == ["x" * 50, "x" * 50, "x" * 20]  # a word longer than the limit is cut
+    assert split_text("\u4f60\u597d\u3002\u518d\u89c1\u3002", 3) == ["\u4f60\u597d\u3002", "\u518d\u89c1\u3002"]
 
 
 def test_face_analysis_backend_is_checked(tmp_path: Path) -> None:

@@ -62,6 +62,18 @@ def test_custom_stand_in_differs_only_where_the_cpu_cannot_follow(production: st
     assert load_manifest(ROOT / "manifests" / f"{stand_in}.yaml").locked
 
 
+def test_the_xtts_stand_in_differs_only_in_source_and_its_cpu_time() -> None:
+    """Same entrypoint, runtime pins and serving as XTTS-v2: what its Docker test proves on the
+    audio base (tests/test_docker_xtts.py) is the production loader on the production pins."""
+    real = yaml.safe_load((ROOT / "manifests" / "xtts-v2.yaml").read_text())
+    tiny = yaml.safe_load((ROOT / "manifests" / "tiny-xtts.yaml").read_text())
+    assert {k: v for k, v in real.items() if k not in ALLOWED} == {k: v for k, v in tiny.items() if k not in ALLOWED}
+    assert real["serving"] == tiny["serving"]
+    time_only = lambda smoke: {k: v for k, v in smoke.items() if k != "max_seconds"}  # noqa: E731
+    assert time_only(real["smoke_test"]) == time_only(tiny["smoke_test"])
+    assert load_manifest(ROOT / "manifests" / "tiny-xtts.yaml").locked
+
+
 REFERENCE = ROOT / "tests/reference/known-artifacts.yaml"
 SHARED = ROOT.parent / "shared/reference/known-artifacts.yaml"
 

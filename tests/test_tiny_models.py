@@ -52,3 +52,14 @@ def test_the_demo_pipeline_loads_and_draws_with_the_real_diffusers(tiny_sd: Path
                  generator=torch.Generator().manual_seed(0)).images[0]
     assert image.shape == (64, 64, 3)
     assert np.isfinite(image).all() and image.std() > 0.01
+
+
+@pytest.mark.docker
+def test_the_xtts_checkpoint_matches_its_manifest(tiny_xtts: Path) -> None:
+    """Made in the audio base image (tests/fixtures/tiny_xtts.py); regenerate with
+    `docker run ... python tests/fixtures/tiny_xtts.py OUT` there when its pins change."""
+    source = load_manifest(ROOT / "manifests" / "tiny-xtts.yaml").sources[0]
+    expected = {a.path: (a.sha256, a.size) for a in source.artifacts}
+    actual = {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size) for p in tiny_xtts.iterdir()}
+    assert actual == expected
+    assert scan_repo(source.repo_id, tiny_xtts).commit == source.revision

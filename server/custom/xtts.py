@@ -1,9 +1,9 @@
 """XTTS-v2 (coqui/XTTS-v2): multilingual text-to-speech in the voice of a reference clip -> WAV.
 
 The model code is coqui-tts's (`TTS.tts.models.xtts.Xtts`, pinned in the manifest's runtime);
-this module only checks the folder, validates requests and drives the documented API:
-`Xtts.init_from_config`, `load_checkpoint(config, checkpoint_dir=...)`,
-`get_conditioning_latents(audio_path=[...])`, `inference(text, language, ...)`.
+this module only checks the folder, validates requests and drives coqui-tts's API:
+`Xtts(config)`, `load_checkpoint(config, checkpoint_dir=...)`, `get_speaker_embedding` and
+`get_gpt_cond_latents` on the voice clip as a tensor, `inference(text, language, ...)`.
 
 Validation runs before the model: the language must be one config.json lists, the speaker
 clip a PCM WAV of 2 to 30 seconds that is not silent. Each failure is a 422 naming the field.
@@ -13,14 +13,22 @@ entrypoint.options: `checkpoint`, the folder holding config.json, model.pth and 
 config.json lists (default: all). coqui-tts needs extras for some (ja: cutlet, ko, zh-cn:
 pypinyin): serve those only where the image has them.
 
-Long text is split into sentences by coqui-tts (`enable_text_splitting`), as XTTS's GPT reads
-at most 400 tokens at a time.
+Where coqui-tts 0.28 differs from its older examples (checked on the tiny stand-in):
+- the clip is decoded here and handed over as a tensor, not as a file path: coqui-tts reads
+  paths with `torchaudio.load`, which from torchaudio 2.9 on needs torchcodec and FFmpeg's
+  shared libraries, neither of which the model needs otherwise;
+- long text is split here (`split_text`), not by `inference(enable_text_splitting=True)`:
+  that needs spaCy, which coqui-tts does not install. XTTS's GPT reads at most 400 tokens, and
+  the tokenizer's per-language `char_limits` (250 characters of English) bound a sentence;
+- sampling settings other than the request's temperature come from config.json, as
+  coqui-tts's own `synthesize` takes them (`inference`'s defaults differ: repetition_penalty 10).
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
+import re
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +38,30 @@ import numpy as np
 
 from server.errors import InputError, LoadError
 from server.loaders import AudioOutput
-from server.media import decode_wav, encode_wav
+from server.media import decode_wav
 from server.spec import ModelSpec
 
 REQUIRED = ("config.json", "model.pth", "vocab.json")
 SPEAKER_SECONDS = (2.0, 30.0)
+CONDITIONING_RATE = 22050  # the rate coqui-tts's get_conditioning_latents reads a clip at
+SAMPLING = ("length_penalty", "repetition_penalty", "top_k", "top_p")
+_SENTENCE_END = re.compile(r"(?<=[.!?;\u3002\uff01\uff1f])\s+")
+
+
+def split_text(text: str, limit: int) -> list[str]:
+    """Sentences packed, in order, into pieces of at most `limit` characters; a longer sentence
+    is wrapped at spaces (a longer word is cut). Joined with spaces, the pieces are the text."""
+    pieces: list[str] = []
+    for sentence in _SENTENCE_END.split(text.strip()):
+        if not sentence:
+            continue
+        if len(sentence) > limit:
+            pieces.extend(textwrap.wrap(sentence, width=limit, break_on_hyphens=False))
+        elif pieces and len(pieces[-1]) + 1 + len(sentence) <= limit:
+            pieces[-1] = f"{pieces[-1]} {sentence}"
+        else:
+            pieces.append(sentence)
+    return pieces
 
 
 @dataclass(frozen=True)
@@ -104,31 +131,54 @@ class Xtts:
         self.facts = served_facts(spec, checkpoint)
         try:
             import torch
+            import torchaudio
             from TTS.tts.configs.xtts_config import XttsConfig
             from TTS.tts.models.xtts import Xtts as CoquiXtts
         except ImportError as exc:
             raise LoadError(f"XTTS needs coqui-tts in the image (pin coqui-tts in runtime.packages): {exc}") from None
         config = XttsConfig()
         config.load_json(str(checkpoint / "config.json"))
-        self.model = CoquiXtts.init_from_config(config)
+        self.config = config
+        self.model = CoquiXtts(config)
         self.model.load_checkpoint(config, checkpoint_dir=str(checkpoint), eval=True, use_deepspeed=False)
         self.model.to(device)
         self.device, self.dtype = device, "float32"
-        self._torch = torch
+        self._torch, self._resample = torch, torchaudio.functional.resample
+
+    def _voice(self, job: SpeechJob) -> tuple[Any, Any]:
+        """GPT conditioning latents and speaker embedding, as get_conditioning_latents makes them
+        from one file, but from the decoded clip."""
+        config = self.config
+        audio = self._torch.from_numpy(np.ascontiguousarray(job.speaker, dtype=np.float32))[None]
+        if job.speaker_rate != CONDITIONING_RATE:
+            audio = self._resample(audio, job.speaker_rate, CONDITIONING_RATE)
+        audio = audio[:, : CONDITIONING_RATE * int(config.max_ref_len)].clamp(-1.0, 1.0).to(self.device)
+        if config.sound_norm_refs:
+            audio = audio / audio.abs().max() * 0.75
+        speaker = self.model.get_speaker_embedding(audio, CONDITIONING_RATE)
+        latent = self.model.get_gpt_cond_latents(audio, CONDITIONING_RATE, length=int(config.gpt_cond_len),
+                                                 chunk_length=int(config.gpt_cond_chunk_len))
+        return latent, speaker
+
+    def pieces(self, job: SpeechJob) -> list[str]:
+        limit = self.model.tokenizer.char_limits.get(job.language.split("-")[0], 250)
+        return split_text(job.text, limit)
 
     def predict(self, request: Any) -> AudioOutput:
         job = prepare(request, self.facts)
         torch = self._torch
         started = time.perf_counter()
         torch.manual_seed(job.seed)
-        with tempfile.NamedTemporaryFile(suffix=".wav") as clip:  # coqui-tts reads the reference from a path
-            clip.write(encode_wav(job.speaker, job.speaker_rate))
-            clip.flush()
-            with torch.inference_mode():
-                latent, speaker = self.model.get_conditioning_latents(audio_path=[clip.name])
-                out = self.model.inference(job.text, job.language, latent, speaker, temperature=job.temperature,
-                                           enable_text_splitting=True)
-        samples = np.asarray(out["wav"].cpu() if hasattr(out["wav"], "cpu") else out["wav"], dtype=np.float32).reshape(-1)
+        settings = {key: self.config[key] for key in SAMPLING}
+        waves = []
+        with torch.inference_mode():
+            latent, speaker = self._voice(job)
+            for piece in self.pieces(job):
+                out = self.model.inference(piece, job.language, latent, speaker, temperature=job.temperature,
+                                           enable_text_splitting=False, **settings)
+                wav = out["wav"]
+                waves.append(np.asarray(wav.cpu() if hasattr(wav, "cpu") else wav, dtype=np.float32).reshape(-1))
+        samples = np.concatenate(waves)
         return AudioOutput(samples, self.facts.output_sample_rate, job.seed, time.perf_counter() - started)
 
 

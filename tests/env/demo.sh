@@ -6,7 +6,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cd "$root"
-"$here/up.sh"
+"$here/up.sh" --no-audio  # the demo builds on the CPU base only
 
 state="$root/.cache/demo"
 HUB_PORT=${HUB_PORT:-8960}

@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # Bring up everything the demo and the tests need on a fresh Debian 12 machine, idempotently:
 # Debian packages, dockerd (BuildKit), a registry on 127.0.0.1:5000, the project's virtual
-# environment, and the local CPU base image. Safe to run again: each step checks first.
+# environment, and the local base images (CPU; audio, for speech models). Safe to run again: each
+# step checks first.
 # Needs root for apt and dockerd (CI and these machines run as root).
+# `up.sh --no-audio` leaves out the audio base image (8 GB, minutes to build): the demo needs none.
 set -euo pipefail
+want_audio=1
+case "${1:-}" in
+  "") ;;
+  --no-audio) want_audio=0 ;;
+  *) printf 'env: unknown option %s (only --no-audio)\n' "$1" >&2; exit 2 ;;
+esac
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -11,6 +19,7 @@ state="$root/.cache/env"
 mkdir -p "$state"
 REGISTRY_ADDR=${REGISTRY_ADDR:-127.0.0.1:5000}
 BASE_IMAGE=${BASE_IMAGE:-builder-local/python-cpu:3.11}
+AUDIO_BASE_IMAGE=${AUDIO_BASE_IMAGE:-builder-local/python-audio:3.11}
 DEBIAN_IMAGE=builder-local/debian:bookworm
 log() { printf 'env: %s\n' "$*" >&2; }
 
@@ -108,4 +117,32 @@ if [ "$current" != "$hash" ]; then
   DOCKER_BUILDKIT=1 $DOCKER build --network host -q --build-arg "REQUIREMENTS_HASH=$hash" -t "$BASE_IMAGE" "$ctx" >/dev/null
   rm -rf "$ctx"
 fi
-log "ready: docker $($DOCKER version -f '{{.Server.Version}}'), registry $REGISTRY_ADDR, base $BASE_IMAGE"
+# The audio base: torch 2.9.1 + torchaudio + coqui-tts (tests/env/audio-image/Dockerfile says why
+# apart). Its wheelhouse is kept between runs, so only a changed pin downloads anything; the
+# wheels reach the build over loopback HTTP, not through the build context.
+audio_hash=$(cat "$here/audio-requirements.txt" "$here/audio-constraints.txt" "$here/audio-image/Dockerfile" | sha256sum | cut -c1-16)
+current=$($DOCKER image inspect -f '{{ index .Config.Labels "io.builder.base.hash" }}' "$AUDIO_BASE_IMAGE" 2>/dev/null || true)
+if [ "$want_audio" = 1 ] && [ "$current" != "$audio_hash" ]; then
+  log "building $AUDIO_BASE_IMAGE (torch 2.9.1, torchaudio, coqui-tts: about 4 GB of wheels the first time)"
+  wheels="$root/.cache/wheels-audio"
+  mkdir -p "$wheels"
+  "$root/.venv/bin/pip" download -d "$wheels" -c "$here/audio-constraints.txt" -r "$here/audio-requirements.txt" \
+    >"$state/pip-download-audio.log" 2>&1 || { tail -30 "$state/pip-download-audio.log" >&2; log "pip download failed"; exit 1; }
+  port=$("$root/.venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  "$root/.venv/bin/python" -m http.server --bind 127.0.0.1 --directory "$wheels" "$port" >"$state/wheels-http.log" 2>&1 &
+  server=$!
+  trap 'kill "$server" 2>/dev/null || true' EXIT
+  for _ in $(seq 1 40); do curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.25; done
+  ctx="$state/audio-context"
+  rm -rf "$ctx" && mkdir -p "$ctx"
+  cp "$here/audio-image/Dockerfile" "$ctx/"
+  cp "$here/audio-requirements.txt" "$ctx/requirements.txt"
+  cp "$here/audio-constraints.txt" "$ctx/constraints.txt"
+  DOCKER_BUILDKIT=1 $DOCKER build --network host -q --build-arg "WHEELS_URL=http://127.0.0.1:$port/" \
+    --build-arg "REQUIREMENTS_HASH=$audio_hash" -t "$AUDIO_BASE_IMAGE" "$ctx" >"$state/audio-build.log" 2>&1 \
+    || { tail -30 "$state/audio-build.log" >&2; log "building $AUDIO_BASE_IMAGE failed (log: $state/audio-build.log)"; exit 1; }
+  kill "$server" 2>/dev/null || true
+  trap - EXIT
+  rm -rf "$ctx"
+fi
+log "ready: docker $($DOCKER version -f '{{.Server.Version}}'), registry $REGISTRY_ADDR, bases $BASE_IMAGE$( [ "$want_audio" = 1 ] && printf ", %s" "$AUDIO_BASE_IMAGE")"

@@ -94,6 +94,7 @@ def second_engine(workdir: Path) -> Iterator[Any]:
     try:
         _wait(lambda: docker.DockerClient(base_url=f"unix://{sock}", timeout=5).ping(), "the second dockerd", log, 60)
         client = docker.DockerClient(base_url=f"unix://{sock}", timeout=600)
+        client.socket_url = f"unix://{sock}"  # what DOCKER_HOST names for a CLI or subprocess
         yield client
     finally:
         if client is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from typing import Any
 
 from builder.docker import BuildRequest, Docker
 from builder.fetch import CACHE_PREFIX, parse_marker
-from builder.render import WEIGHTS_CACHE_ID
+from builder.render import WEIGHTS_CACHE_ID, copy_fetch_package
 
 
 def run_cache_tool(docker: Docker, image: str, args: list[str], keep: set[str] = frozenset(),
@@ -28,11 +27,7 @@ def run_cache_tool(docker: Docker, image: str, args: list[str], keep: set[str] =
     """Run `python3 -m builder.fetch cache ARGS /cache` in a step that mounts the weights cache."""
     with tempfile.TemporaryDirectory(prefix="builder-cache-") as tmp:
         context = Path(tmp)
-        package = context / "fetch" / "builder"
-        package.mkdir(parents=True)
-        source = Path(__file__).parent
-        for name in ("__init__.py", "errors.py", "fetch.py"):
-            shutil.copy2(source / name, package / name)
+        copy_fetch_package(context / "fetch")
         (context / "keep.txt").write_text("".join(f"{sha}\n" for sha in sorted(keep)), encoding="utf-8")
         command = ["python3", "-m", "builder.fetch", "cache", args[0], "/cache", *args[1:]]
         if keep:

@@ -453,7 +453,7 @@ def test_ranges_of_one_file_reuse_one_connection(big_repo, hub, cache, tmp_path)
 
 
 def test_an_unreadable_retry_after_backs_off_as_usual() -> None:
-    from builder.fetch import _retry_after
+    from builder.fetch.failures import retry_after as _retry_after
 
     assert _retry_after("2") == 2.0
     assert _retry_after("soon") is None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from builder.fetch.engine import FetchEngine
 from builder.fetch.export import fetch_plan
 from builder.fetch.markers import attempt_line, cache_line, line
 from builder.fetch.plan import CA_SECRET, load_config, read_token
+from builder.fetch.tls import trust_additional_cas
 
 
 def _emit(row: dict) -> None:
@@ -106,9 +106,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--config", type=Path, help="fetch configuration JSON (default: the fetch_config secret)")
     parser.add_argument("--token-file", type=Path, help="Hub token file (default: the hf_token secret)")
     args = parser.parse_args(argv)
-    if CA_SECRET.exists():  # a corporate CA, handed in as a secret, never baked in
-        for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-            os.environ[var] = str(CA_SECRET)
+    # A corporate CA (handed in as a secret, never baked in) adds to the system's CAs.
+    trust_additional_cas(CA_SECRET if CA_SECRET.exists() else None)
     plan = json.loads(args.plan.read_text(encoding="utf-8"))
     try:
         engine = FetchEngine(load_config(args.config), read_token(args.token_file), ContentCache(args.cache),

@@ -27,6 +27,7 @@ from builder.fetch import Attempt, parse_attempt
 from builder.ledger import Ledger
 from builder.manifest import Manifest
 from builder.project import Project
+from builder.redact import SECRETS, remember
 from builder.registry import RegistryClient, RegistryRef, smoke_tag
 from builder.render import DEFAULT_PORT, RenderOptions, write_context
 
@@ -78,7 +79,9 @@ def hub_token() -> str | None:
     from huggingface_hub import get_token
 
     token = get_token()
-    return token.strip() if token else None
+    token = token.strip() if token else None
+    remember(token)
+    return token
 
 
 def _check_inputs(manifest: Manifest, origin: str, options: BuildOptions, token: str | None) -> RegistryRef | None:
@@ -97,6 +100,8 @@ def _check_inputs(manifest: Manifest, origin: str, options: BuildOptions, token:
     for flag, path in (("--ca-bundle", options.ca_bundle), ("--pip-conf", options.pip_conf)):
         if path is not None and not path.is_file():
             raise InputError(f"{flag} {path}: no such file")
+    if options.pip_conf is not None:
+        SECRETS.add_pip_conf(options.pip_conf)  # index credentials: for pip in the build, never shown
     if options.push and not options.registry:
         raise InputError("no registry to push to: pass --registry HOST[:PORT][/NAMESPACE], set BUILDER_REGISTRY, or --no-push")
     return RegistryRef.parse(options.registry) if options.registry else None

@@ -607,7 +607,37 @@ def schema(ctx: click.Context, write: bool, check: bool) -> None:
         click.echo(text, nl=False)
 
 
+class _RedactedStream:
+    """A text stream that writes everything through the process's redactor (builder.redact):
+    the last guard, behind the redaction where each secret is used, for whatever a message,
+    a traceback or a library prints."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from builder.redact import SECRETS
+
+        self._stream.write(SECRETS(text))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> None:
+    from builder.redact import SECRETS
+
+    SECRETS.add_environment()
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _RedactedStream(sys.stdout), _RedactedStream(sys.stderr)
+    try:
+        _main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         cli.main(args=argv, prog_name="builder", standalone_mode=False)
     except click.exceptions.Abort:

@@ -265,7 +265,7 @@ def _copy_python_tree(source: Path, dest: Path) -> None:
 
 # What the weights stage runs: builder.fetch and the few modules it imports, all standard
 # library plus huggingface_hub (see builder/__init__.py).
-FETCH_MODULES = ("__init__.py", "errors.py")
+FETCH_MODULES = ("__init__.py", "errors.py", "redact.py")
 
 
 def copy_fetch_package(dest: Path) -> None:

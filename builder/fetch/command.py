@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -13,8 +14,9 @@ from builder.fetch.cache import ContentCache, sha256_of
 from builder.fetch.engine import FetchEngine
 from builder.fetch.export import fetch_plan
 from builder.fetch.markers import attempt_line, cache_line, line
-from builder.fetch.plan import CA_SECRET, load_config, read_token
+from builder.fetch.plan import CA_SECRET, Attempt, load_config, read_token
 from builder.fetch.tls import trust_additional_cas
+from builder.redact import Redactor
 
 
 def _emit(row: dict) -> None:
@@ -109,11 +111,24 @@ def main(argv: list[str]) -> int:
     # A corporate CA (handed in as a secret, never baked in) adds to the system's CAs.
     trust_additional_cas(CA_SECRET if CA_SECRET.exists() else None)
     plan = json.loads(args.plan.read_text(encoding="utf-8"))
+    # Every line this process prints crosses into the host's build log and ledger: none may carry
+    # the token or a mirror's or proxy's credentials, whatever path it took.
+    redact = Redactor()
+    redact.add_environment()
     try:
-        engine = FetchEngine(load_config(args.config), read_token(args.token_file), ContentCache(args.cache),
-                             plan["model"], log=line, on_attempt=lambda attempt: line(attempt_line(attempt)))
+        config, token = load_config(args.config), read_token(args.token_file)
+        redact.add(token)
+        for mirror in config.mirrors:
+            redact.add_url(mirror.url)
+
+        def on_attempt(attempt: Attempt) -> None:
+            line(redact(attempt_line(dataclasses.replace(attempt, error=attempt.error and redact(attempt.error)))))
+
+        engine = FetchEngine(config, token, ContentCache(args.cache), plan["model"],
+                             log=lambda text: line(redact(text)), on_attempt=on_attempt)
         files = fetch_plan(plan, args.export, engine)
     except BuilderError as exc:
+        exc.message = redact(exc.message)
         print(exc.marker(), file=sys.stderr, flush=True)
         return 1
     downloaded = sum(f.size for f in files if f.source != "cache")

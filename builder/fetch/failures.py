@@ -95,8 +95,8 @@ def hub_error(model: str, token: str | None, item: PlannedFile, mirror: Mirror, 
         RevisionNotFoundError,
     )
 
-    via = f"via {mirror.name} ({mirror.url})"
-    page = f"{mirror.url}/{item.repo_id}"
+    via = f"via {mirror.name} ({mirror.display_url})"
+    page = f"{mirror.display_url}/{item.repo_id}"
     if isinstance(exc, GatedRepoError):
         if token is None:
             return DownloadError(
@@ -119,7 +119,7 @@ def hub_error(model: str, token: str | None, item: PlannedFile, mirror: Mirror, 
     response = getattr(exc, "response", None)
     if isinstance(exc, HfHubHTTPError) and response is not None and response.status_code in (401, 403):
         return DownloadError(
-            f"{model}: {mirror.name} ({mirror.url}) refused the token ({response.status_code}) for "
+            f"{model}: {mirror.name} ({mirror.display_url}) refused the token ({response.status_code}) for "
             f"{item.repo_id}: check HF_TOKEN"
         )
     retry = classify(exc)

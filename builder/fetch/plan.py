@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import DownloadError
+from builder.redact import redact_url
 
 TOKEN_SECRET = Path("/run/secrets/hf_token")
 CA_SECRET = Path("/run/secrets/ca_bundle")
@@ -25,7 +26,11 @@ OFFICIAL_HUB = "https://huggingface.co"
 @dataclass(frozen=True)
 class Mirror:
     name: str
-    url: str
+    url: str  # may carry credentials (userinfo, a token parameter): show display_url instead
+
+    @property
+    def display_url(self) -> str:
+        return redact_url(self.url)
 
 
 @dataclass(frozen=True)

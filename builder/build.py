@@ -180,21 +180,20 @@ def _build_smoke_push(manifest: Manifest, origin: str, options: BuildOptions, fe
 
         def on_line(line: str) -> None:
             attempt = parse_attempt(line)
-            if attempt is not None:
-                attempts.append(attempt)  # for the ledger, not the screen
+            if attempt is not None:  # for the ledger, not the screen
+                attempts.append(attempt)
+                # Written as it happens: a build killed mid-download keeps the attempts it made.
+                ledger.record_attempts([attempt], build_id)
             else:
                 on_build_line(line)
 
         started = time.perf_counter()
-        try:
-            image_id = docker.build(
-                BuildRequest(context, secrets, {"BUILDER_REBUILD": build_id} if options.no_cache else {},
-                             options.network),
-                on_line=on_line,
-                scrub=[token] if token else [],
-            )
-        finally:
-            ledger.record_attempts(attempts, build_id)  # failed builds' attempts are facts too
+        image_id = docker.build(
+            BuildRequest(context, secrets, {"BUILDER_REBUILD": build_id} if options.no_cache else {},
+                         options.network),
+            on_line=on_line,
+            scrub=[token] if token else [],
+        )
         seconds["build"] = round(time.perf_counter() - started, 2)
     state["image_id"] = image_id
     state["layers"] = [{"diff_id": d} for d in docker.diff_ids(image_id)]

@@ -23,7 +23,7 @@ from builder import __version__
 from builder.config import BuilderConfig
 from builder.docker import BuildRequest, Docker
 from builder.errors import ConfigError, InputError, ManifestError, RegistryError, SmokeTestFailed
-from builder.fetch import Attempt, parse_attempt
+from builder.fetch import Attempt, FetchConfig, parse_attempt
 from builder.ledger import Ledger
 from builder.manifest import Manifest
 from builder.project import Project
@@ -53,6 +53,11 @@ class Services:
 
     config: BuilderConfig
     ledger: Ledger
+
+    def fetch_config(self, endpoint: str | None = None) -> FetchConfig:
+        """The mirrors in the order to try: endpoint (default $HF_ENDPOINT) first, then as the
+        ledger ranks them, with the configured tuning."""
+        return self.config.fetch_config(endpoint or os.environ.get("HF_ENDPOINT"), self.ledger.mirror_ranking())
 
 
 @dataclass
@@ -122,8 +127,7 @@ def run_build(
     registry = _check_inputs(manifest, origin, options, token)
     if registry is not None and options.push:
         RegistryClient(registry).check()
-    endpoint = options.hf_endpoint or os.environ.get("HF_ENDPOINT")
-    fetch_config = services.config.fetch_config(endpoint, services.ledger.mirror_ranking())
+    fetch_config = services.fetch_config(options.hf_endpoint)
     docker = connect()  # after the input checks: bad input is reported even where no engine runs
     gpus = options.gpus != "none" and docker.has_gpu_runtime()
     if options.gpus == "all" and not gpus:

@@ -1,9 +1,9 @@
 """The fetch engine: every weight file, from an approved mirror, verified byte for byte.
 
 Runs in the image's `weights` build stage (`python3 -m builder.fetch PLAN EXPORT --cache /cache`)
-where only the standard library and huggingface_hub exist (this package, errors.py and
-__init__.py are copied into the build context), and on the host for `builder lock`, the tests
-and bench/.
+where only the standard library and huggingface_hub exist (this package, and builder's
+__init__.py, errors.py and redact.py, are copied into the build context: render.copy_fetch_package),
+and on the host for `builder lock`, the tests and bench/.
 
 What huggingface_hub does here: URLs for a mirror (`hf_hub_url`), auth headers
 (`build_hf_headers`), the HEAD that resolves a file (size, ETag, commit, the CDN redirect,
@@ -16,7 +16,8 @@ own module:
 - cache.py: a content-addressed cache (CACHE/v1/sha256/HEX), shared by every build and model:
   a blob is served only after its bytes hash to its name, and a blob that does not is removed.
 - ranges.py: parallel byte ranges per large file over kept-alive connections: one TCP stream
-  rarely fills a pod's link to the Hub's CDN.
+  rarely fills a pod's link to the Hub's CDN; proxies, with their credentials, http or https.
+- tls.py: the system's CAs plus SSL_CERT_FILE's (a corporate CA adds, never replaces).
 - transfer.py: content verification (huggingface_hub checks a download's size, never its
   bytes): sha256 computed while the bytes arrive, so a 24 GB file is not read a second time;
   resume across processes from each segment's saved progress.
@@ -27,7 +28,8 @@ own module:
   free-space check before the first byte; progress lines with bytes per second (progress.py).
 - export.py: one directory per image layer, with fixed modes and mtimes.
 - markers.py: the `::builder-attempt::` lines that carry each attempt to the host's ledger.
-- command.py: the command line of the build stage and of the cache tool.
+- command.py: the command line of the build stage and of the cache tool; every line it prints
+  is redacted (builder.redact), since it crosses into the host's build log and ledger.
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ def _child(kind: str, spec_path: Path) -> None:
         assert all(sums[Path(f["path"]).name] == f["sha256"] for f in spec["files"]), "baseline hash mismatch"
     else:
         import builder.fetch as fetch
+        import builder.fetch.transfer as transfer
 
         if kind == "nohash":
             class _NoHash:
@@ -66,7 +67,7 @@ def _child(kind: str, spec_path: Path) -> None:
                 def hexdigest(self) -> str:
                     return self.name
 
-            fetch.hashlib = type("shim", (), {"sha256": _NoHash, "sha1": hashlib.sha1})  # type: ignore[assignment]
+            transfer.hashlib = type("shim", (), {"sha256": _NoHash})  # type: ignore[assignment]
         config = fetch.FetchConfig(mirrors=(fetch.Mirror("local", spec["url"]),), progress_seconds=3600,
                                    **({"chunk_bytes": spec["chunk_bytes"]} if spec.get("chunk_bytes") else {}))
         engine = fetch.FetchEngine(config, None, fetch.ContentCache(Path(spec["out"])), "bench", log=lambda line: None)

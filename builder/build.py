@@ -23,10 +23,11 @@ from builder import __version__
 from builder.config import BuilderConfig, PushConfig
 from builder.docker import BuildRequest, Docker
 from builder.errors import BuilderError, ConfigError, InputError, ManifestError, RegistryError, SmokeTestFailed
-from builder.fetch import Attempt, parse_attempt
+from builder.fetch import Attempt, FetchConfig, parse_attempt
 from builder.ledger import Ledger
 from builder.manifest import Manifest
 from builder.project import Project
+from builder.redact import SECRETS, remember
 from builder.registry import RegistryClient, RegistryRef, smoke_tag
 from builder.registry.layers import EngineLayers, LayersUnavailable
 from builder.registry.push import MIB, Pusher, PushSettings
@@ -55,6 +56,11 @@ class Services:
     config: BuilderConfig
     ledger: Ledger
 
+    def fetch_config(self, endpoint: str | None = None) -> FetchConfig:
+        """The mirrors in the order to try: endpoint (default $HF_ENDPOINT) first, then as the
+        ledger ranks them, with the configured tuning."""
+        return self.config.fetch_config(endpoint or os.environ.get("HF_ENDPOINT"), self.ledger.mirror_ranking())
+
 
 @dataclass
 class BuildResult:
@@ -80,7 +86,9 @@ def hub_token() -> str | None:
     from huggingface_hub import get_token
 
     token = get_token()
-    return token.strip() if token else None
+    token = token.strip() if token else None
+    remember(token)
+    return token
 
 
 def _check_inputs(manifest: Manifest, origin: str, options: BuildOptions, token: str | None) -> RegistryRef | None:
@@ -99,6 +107,8 @@ def _check_inputs(manifest: Manifest, origin: str, options: BuildOptions, token:
     for flag, path in (("--ca-bundle", options.ca_bundle), ("--pip-conf", options.pip_conf)):
         if path is not None and not path.is_file():
             raise InputError(f"{flag} {path}: no such file")
+    if options.pip_conf is not None:
+        SECRETS.add_pip_conf(options.pip_conf)  # index credentials: for pip in the build, never shown
     if options.push and not options.registry:
         raise InputError("no registry to push to: pass --registry HOST[:PORT][/NAMESPACE], set BUILDER_REGISTRY, or --no-push")
     return RegistryRef.parse(options.registry) if options.registry else None
@@ -122,8 +132,7 @@ def run_build(
         raise ManifestError.with_problems(too_large)
     if registry is not None and options.push:
         RegistryClient(registry).check()
-    endpoint = options.hf_endpoint or os.environ.get("HF_ENDPOINT")
-    fetch_config = services.config.fetch_config(endpoint, services.ledger.mirror_ranking())
+    fetch_config = services.fetch_config(options.hf_endpoint)
     docker = connect()  # after the input checks: bad input is reported even where no engine runs
     gpus = options.gpus != "none" and docker.has_gpu_runtime()
     if options.gpus == "all" and not gpus:
@@ -182,21 +191,20 @@ def _build_smoke_push(manifest: Manifest, origin: str, options: BuildOptions, fe
 
         def on_line(line: str) -> None:
             attempt = parse_attempt(line)
-            if attempt is not None:
-                attempts.append(attempt)  # for the ledger, not the screen
+            if attempt is not None:  # for the ledger, not the screen
+                attempts.append(attempt)
+                # Written as it happens: a build killed mid-download keeps the attempts it made.
+                ledger.record_attempts([attempt], build_id)
             else:
                 on_build_line(line)
 
         started = time.perf_counter()
-        try:
-            image_id = docker.build(
-                BuildRequest(context, secrets, {"BUILDER_REBUILD": build_id} if options.no_cache else {},
-                             options.network),
-                on_line=on_line,
-                scrub=[token] if token else [],
-            )
-        finally:
-            ledger.record_attempts(attempts, build_id)  # failed builds' attempts are facts too
+        image_id = docker.build(
+            BuildRequest(context, secrets, {"BUILDER_REBUILD": build_id} if options.no_cache else {},
+                         options.network),
+            on_line=on_line,
+            scrub=[token] if token else [],
+        )
         seconds["build"] = round(time.perf_counter() - started, 2)
     state["image_id"] = image_id
     state["layers"] = [{"diff_id": d} for d in docker.diff_ids(image_id)]

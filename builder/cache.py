@@ -9,18 +9,75 @@ nothing and makes no image.
 
 from __future__ import annotations
 
-import json
+import os
 import shlex
-import shutil
 import tempfile
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from builder.docker import BuildRequest, Docker
+from builder.errors import InputError, ManifestError
 from builder.fetch import CACHE_PREFIX, parse_marker
-from builder.render import WEIGHTS_CACHE_ID
+from builder.project import Project
+from builder.render import WEIGHTS_CACHE_ID, copy_fetch_package
+
+
+@dataclass(frozen=True)
+class PruneRequest:
+    """What `builder cache prune` was asked to remove; a dry run unless `really`."""
+
+    everything: bool = False
+    unreferenced: bool = False
+    older_than_days: float | None = None
+    max_bytes: int | None = None
+    partials: bool = False
+    really: bool = False
+
+    def args(self) -> list[str]:
+        """The cache tool's arguments (`python3 -m builder.fetch cache prune ...`)."""
+        if not (self.everything or self.unreferenced or self.older_than_days is not None
+                or self.max_bytes is not None or self.partials):
+            raise InputError("say what to prune: --all, --unreferenced, --older-than DAYS, --max-bytes N or --partials")
+        args = ["prune"] + (["--all"] if self.everything else []) + (["--unreferenced"] if self.unreferenced else [])
+        args += ["--older-than", str(self.older_than_days)] if self.older_than_days is not None else []
+        args += ["--max-bytes", str(self.max_bytes)] if self.max_bytes is not None else []
+        args += ["--partials"] if self.partials else []
+        return args + ([] if self.really else ["--dry-run"])
+
+
+def cache_image(project: Project, image: str | None = None) -> str:
+    """The image to run the cache tool in: the one asked for, else $BUILDER_CACHE_IMAGE, else the
+    first manifest's base image (any image with python3 will do)."""
+    from builder.manifest import load_manifest
+
+    if image:
+        return image
+    if os.environ.get("BUILDER_CACHE_IMAGE"):
+        return os.environ["BUILDER_CACHE_IMAGE"]
+    manifests = project.all_manifests()
+    if not manifests:
+        raise ManifestError("no manifests to take a base image from: pass --image (any image with python3)")
+    return load_manifest(manifests[0]).runtime.base_image
+
+
+def blob_users(project: Project) -> dict[str, set[str]]:
+    """sha256 -> the names of the project's manifests that pin a file with it (invalid manifests skipped)."""
+    from builder.manifest import load_manifest
+
+    users: dict[str, set[str]] = {}
+    for path in project.all_manifests():
+        try:
+            manifest = load_manifest(path)
+        except ManifestError:
+            continue
+        for source in manifest.sources:
+            for artifact in source.artifacts:
+                if artifact.sha256:
+                    users.setdefault(artifact.sha256, set()).add(manifest.name)
+    return users
 
 
 def run_cache_tool(docker: Docker, image: str, args: list[str], keep: set[str] = frozenset(),
@@ -28,11 +85,7 @@ def run_cache_tool(docker: Docker, image: str, args: list[str], keep: set[str] =
     """Run `python3 -m builder.fetch cache ARGS /cache` in a step that mounts the weights cache."""
     with tempfile.TemporaryDirectory(prefix="builder-cache-") as tmp:
         context = Path(tmp)
-        package = context / "fetch" / "builder"
-        package.mkdir(parents=True)
-        source = Path(__file__).parent
-        for name in ("__init__.py", "errors.py", "fetch.py"):
-            shutil.copy2(source / name, package / name)
+        copy_fetch_package(context / "fetch")
         (context / "keep.txt").write_text("".join(f"{sha}\n" for sha in sorted(keep)), encoding="utf-8")
         command = ["python3", "-m", "builder.fetch", "cache", args[0], "/cache", *args[1:]]
         if keep:

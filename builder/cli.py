@@ -267,7 +267,7 @@ def lock(ctx: click.Context, targets: tuple[str, ...], check: bool, hf_endpoint:
 
     project = _project(ctx)
     services = _services(ctx, project)
-    fetch_config = services.config.fetch_config(hf_endpoint or os.environ.get("HF_ENDPOINT"), services.ledger.mirror_ranking())
+    fetch_config = services.fetch_config(hf_endpoint)
     paths = [project.manifest_path(t) for t in targets] if targets else project.all_manifests()
     stale = 0
     for path in paths:
@@ -309,7 +309,7 @@ def new(ctx: click.Context, name: str, source: str, repo_type: str, task: str | 
 
     project = _project(ctx)
     services = _services(ctx, project)
-    fetch_config = services.config.fetch_config(hf_endpoint or os.environ.get("HF_ENDPOINT"), services.ledger.mirror_ranking())
+    fetch_config = services.fetch_config(hf_endpoint)
     request = NewRequest(name, source, repo_type, task, profile, dry_run)
     result = draft_manifest(request, project, fetch_config, hub_token(), log=lambda line: err.print(f"    {line}", markup=False))
     where = display_path(result.path)
@@ -368,19 +368,6 @@ def cache() -> None:
     """The content-addressed weights cache (a BuildKit cache mount shared by every build)."""
 
 
-def _cache_image(ctx: click.Context, project, image: str | None) -> str:
-    from builder.manifest import load_manifest
-
-    if image:
-        return image
-    if os.environ.get("BUILDER_CACHE_IMAGE"):
-        return os.environ["BUILDER_CACHE_IMAGE"]
-    manifests = project.all_manifests()
-    if not manifests:
-        raise ManifestError("no manifests to take a base image from: pass --image (any image with python3)")
-    return load_manifest(manifests[0]).runtime.base_image
-
-
 _image_option = click.option("--image", help="Image with python3 to run the cache tool in (default: the first manifest's base image).")
 
 
@@ -392,12 +379,12 @@ def cache_ls(ctx: click.Context, image: str | None, as_json: bool) -> None:
     """List the cached blobs, their sizes, last use and which manifests use them."""
     import datetime as dt
 
-    from builder.cache import run_cache_tool
+    from builder.cache import blob_users, cache_image, run_cache_tool
     from builder.docker import Docker
 
     project = _project(ctx)
-    rows = run_cache_tool(Docker.connect(), _cache_image(ctx, project, image), ["ls"])
-    users = _blob_users(project)
+    rows = run_cache_tool(Docker.connect(), cache_image(project, image), ["ls"])
+    users = blob_users(project)
     for row in rows:
         row["used_by"] = sorted(users.get(row.get("sha256", ""), ()))
     if as_json:
@@ -412,22 +399,6 @@ def cache_ls(ctx: click.Context, image: str | None, as_json: bool) -> None:
                + (f"; {len(partial)} partial downloads" if partial else ""))
 
 
-def _blob_users(project) -> dict[str, set[str]]:
-    from builder.manifest import load_manifest
-
-    users: dict[str, set[str]] = {}
-    for path in project.all_manifests():
-        try:
-            manifest = load_manifest(path)
-        except ManifestError:
-            continue
-        for source in manifest.sources:
-            for artifact in source.artifacts:
-                if artifact.sha256:
-                    users.setdefault(artifact.sha256, set()).add(manifest.name)
-    return users
-
-
 @cache.command("prune")
 @_image_option
 @click.option("--all", "everything", is_flag=True, help="Remove every blob.")
@@ -440,20 +411,13 @@ def _blob_users(project) -> dict[str, set[str]]:
 def cache_prune(ctx: click.Context, image: str | None, everything: bool, unreferenced: bool, older_than: float | None,
                 max_bytes: int | None, partials: bool, yes: bool) -> None:
     """Remove cached blobs (dry run unless --yes). Blobs a running build holds are skipped."""
-    from builder.cache import run_cache_tool
+    from builder.cache import PruneRequest, blob_users, cache_image, run_cache_tool
     from builder.docker import Docker
-    from builder.errors import InputError
 
-    if not (everything or unreferenced or older_than is not None or max_bytes is not None or partials):
-        raise InputError("say what to prune: --all, --unreferenced, --older-than DAYS, --max-bytes N or --partials")
+    args = PruneRequest(everything, unreferenced, older_than, max_bytes, partials, yes).args()
     project = _project(ctx)
-    args = ["prune"] + (["--all"] if everything else []) + (["--unreferenced"] if unreferenced else [])
-    args += ["--older-than", str(older_than)] if older_than is not None else []
-    args += ["--max-bytes", str(max_bytes)] if max_bytes is not None else []
-    args += ["--partials"] if partials else []
-    args += [] if yes else ["--dry-run"]
-    keep = set(_blob_users(project)) if unreferenced else set()
-    rows = run_cache_tool(Docker.connect(), _cache_image(ctx, project, image), args, keep=keep)
+    keep = set(blob_users(project)) if unreferenced else set()
+    rows = run_cache_tool(Docker.connect(), cache_image(project, image), args, keep=keep)
     removed = [r for r in rows if r["kind"] == "removed"]
     for row in removed:
         click.echo(f"{'would remove' if not yes else 'removed'} {row['sha256']}  {row['size']:,} bytes")
@@ -466,11 +430,11 @@ def cache_prune(ctx: click.Context, image: str | None, everything: bool, unrefer
 @click.pass_context
 def cache_verify(ctx: click.Context, image: str | None) -> None:
     """Hash every cached blob; remove any whose bytes do not match its name."""
-    from builder.cache import run_cache_tool
+    from builder.cache import cache_image, run_cache_tool
     from builder.docker import Docker
     from builder.errors import BuilderError as _Error
 
-    rows = run_cache_tool(Docker.connect(), _cache_image(ctx, _project(ctx), image), ["verify"])
+    rows = run_cache_tool(Docker.connect(), cache_image(_project(ctx), image), ["verify"])
     bad = [r["sha256"] for r in rows if r["kind"] == "verified" and not r["ok"]]
     click.echo(f"verified {len(rows)} blobs: {len(bad)} corrupt" + (f" (removed: {', '.join(b[:16] for b in bad)})" if bad else ""))
     if bad:
@@ -724,7 +688,37 @@ def schema(ctx: click.Context, write: bool, check: bool) -> None:
         click.echo(text, nl=False)
 
 
+class _RedactedStream:
+    """A text stream that writes everything through the process's redactor (builder.redact):
+    the last guard, behind the redaction where each secret is used, for whatever a message,
+    a traceback or a library prints."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from builder.redact import SECRETS
+
+        self._stream.write(SECRETS(text))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> None:
+    from builder.redact import SECRETS
+
+    SECRETS.add_environment()
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _RedactedStream(sys.stdout), _RedactedStream(sys.stderr)
+    try:
+        _main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         cli.main(args=argv, prog_name="builder", standalone_mode=False)
     except click.exceptions.Abort:

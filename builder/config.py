@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from builder.errors import ConfigError
 from builder.fetch import OFFICIAL_HUB, FetchConfig, Mirror
+from builder.redact import redact_url, remember_url
 
 
 def _url(value: str) -> str:
@@ -120,6 +121,8 @@ class BuilderConfig(BaseModel):
     def fetch_config(self, endpoint: str | None, ranking: list[str] | None = None) -> FetchConfig:
         """The mirrors to try, in order: the explicit endpoint first (it must be approved), then
         by the ledger's ranking when enabled, then as configured."""
+        for url in (endpoint, *(m.url for m in self.mirrors)):
+            remember_url(url)  # a mirror's credentials: used by the fetch, never shown
         order = list(self.mirrors)
         if ranking and self.prefer_fastest_mirror:
             position = {name: i for i, name in enumerate(ranking)}
@@ -127,9 +130,9 @@ class BuilderConfig(BaseModel):
         if endpoint:
             chosen = self.approved(endpoint)
             if chosen is None:
-                approved = ", ".join(m.url for m in self.mirrors)
+                approved = ", ".join(redact_url(m.url) for m in self.mirrors)
                 raise ConfigError(
-                    f"HF_ENDPOINT {endpoint} is not an approved mirror (approved: {approved}): add it to the "
+                    f"HF_ENDPOINT {redact_url(endpoint)} is not an approved mirror (approved: {approved}): add it to the "
                     f"builder configuration's mirrors or unset HF_ENDPOINT"
                 )
             order.remove(chosen)

@@ -22,6 +22,7 @@ from typing import Any
 
 from builder import reach
 from builder.errors import BuilderError, DockerError, InputError, RegistryError, from_marker
+from builder.redact import SECRETS
 
 LineSink = Callable[[str], None]
 _STEP_ERROR = re.compile(r"(?:ERROR: |error: |did not complete successfully|failed to solve)", re.IGNORECASE)
@@ -164,6 +165,7 @@ class Docker:
                 line = raw.rstrip("\n")
                 for secret in secrets_to_hide:
                     line = line.replace(secret, "***")
+                line = SECRETS(line)  # and every other secret this process knows, or that looks like one
                 carried = carried or from_marker(line)
                 tail = (tail + [line])[-60:]
                 on_line(line)

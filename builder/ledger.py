@@ -22,6 +22,7 @@ from typing import Any, Iterable
 
 from builder.errors import ConfigError
 from builder.fetch import Attempt
+from builder.redact import redact
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -188,7 +189,7 @@ class Ledger:
 
     def record_attempts(self, attempts: Iterable[Attempt], build_id: str | None = None) -> None:
         rows = [(time.time(), build_id, a.model, a.repo_id, a.revision, a.path, a.mirror, a.bytes, a.seconds,
-                 a.outcome, a.error) for a in attempts]
+                 a.outcome, redact(a.error)) for a in attempts]
         if not rows:
             return
         with self._transaction() as db:
@@ -216,7 +217,7 @@ class Ledger:
             db.execute(
                 "UPDATE builds SET status = ?, image_id = ?, repository = ?, digest = ?, error = ?, layers = ?,"
                 " seconds = ?, finished_at = ? WHERE id = ?",
-                (status, image_id, repository, digest, error, json.dumps(layers) if layers is not None else None,
+                (status, image_id, repository, digest, redact(error), json.dumps(layers) if layers is not None else None,
                  json.dumps(seconds) if seconds is not None else None, time.time(), build_id),
             )
 
@@ -225,7 +226,7 @@ class Ledger:
             db.execute(
                 "INSERT INTO smoke_results (build_id, image_id, passed, reason, device, load_seconds, inference_seconds,"
                 " peak_rss_mb, peak_gpu_mb, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (build_id, image_id, 1 if result.get("passed") else 0, result.get("reason"), result.get("device"),
+                (build_id, image_id, 1 if result.get("passed") else 0, redact(result.get("reason")), result.get("device"),
                  result.get("load_seconds"), result.get("inference_seconds"), result.get("peak_rss_mb"),
                  result.get("peak_gpu_mb"), time.time()),
             )
@@ -247,8 +248,8 @@ class Ledger:
             db.execute(
                 "INSERT INTO deployments (model, version, digest, target, outcome, previous_digest, detail, seconds, at,"
                 " forced_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (model, version, digest, target, outcome, previous_digest, detail, round(seconds, 2), time.time(),
-                 forced_reason),
+                (model, version, digest, target, outcome, previous_digest, redact(detail), round(seconds, 2), time.time(),
+                 redact(forced_reason)),
             )
 
     def passed_smoke(self, digest_or_image: str) -> bool:

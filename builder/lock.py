@@ -75,7 +75,7 @@ class _Hub:
             if mirror.url not in self._probed:
                 self._probed[mirror.url] = reach.probe(mirror.url)
             if self._probed[mirror.url] is not None:
-                unreached.append(f"{mirror.name} {mirror.url} ({self._probed[mirror.url]})")
+                unreached.append(f"{mirror.name} {mirror.display_url} ({self._probed[mirror.url]})")
                 continue
             try:
                 return call(mirror)
@@ -87,7 +87,7 @@ class _Hub:
                         raise
                     failures.append(failure)
                 else:
-                    unreached.append(f"{mirror.name} {mirror.url} ({reason})")
+                    unreached.append(f"{mirror.name} {mirror.display_url} ({reason})")
         if not failures:
             raise Unreachable(f"{what}: cannot reach the Hub at {'; '.join(unreached)}: check {reach.HUB}")
         raise DownloadError(f"{what}: {'; '.join(failures + [f'{u}: unreachable' for u in unreached])}")

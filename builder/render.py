@@ -30,7 +30,7 @@ DEFAULT_PORT = 8000
 # The weights stage runs builder.fetch, written against this huggingface_hub; it is installed in
 # that throwaway stage only, so the image's own huggingface_hub pin is free to differ.
 FETCH_REQUIREMENT = "huggingface_hub==2.4.0"
-# The BuildKit cache mount that holds the content-addressed weights cache (builder/fetch.py).
+# The BuildKit cache mount that holds the content-addressed weights cache (builder/fetch/cache.py).
 WEIGHTS_CACHE_ID = "builder-weights-v1"
 LABEL_PREFIX = "io.builder"
 
@@ -263,6 +263,21 @@ def _copy_python_tree(source: Path, dest: Path) -> None:
     )
 
 
+# What the weights stage runs: builder.fetch and the few modules it imports, all standard
+# library plus huggingface_hub (see builder/__init__.py).
+FETCH_MODULES = ("__init__.py", "errors.py", "redact.py")
+
+
+def copy_fetch_package(dest: Path) -> None:
+    """Write dest/builder/ with the fetch package and what it imports, for `PYTHONPATH=dest`."""
+    package_dir = Path(__file__).parent
+    target = dest / "builder"
+    target.mkdir(parents=True)
+    for name in FETCH_MODULES:
+        shutil.copy2(package_dir / name, target / name)
+    shutil.copytree(package_dir / "fetch", target / "fetch", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
 def write_context(manifest: Manifest, manifest_path: str, options: RenderOptions, project: Project, dest: Path) -> Path:
     """Write the whole build context into dest (which must be empty or absent)."""
     for field, path in manifest.smoke_test.files.items():
@@ -275,11 +290,7 @@ def write_context(manifest: Manifest, manifest_path: str, options: RenderOptions
     plan = weights_plan(manifest).plan
     (dest / "weights.json").write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     (dest / "manifest.json").write_text(image_manifest_json(manifest), encoding="utf-8")
-    fetch_pkg = dest / "fetch" / "builder"
-    fetch_pkg.mkdir(parents=True)
-    package_dir = Path(__file__).parent
-    for name in ("__init__.py", "errors.py", "fetch.py"):
-        shutil.copy2(package_dir / name, fetch_pkg / name)
+    copy_fetch_package(dest / "fetch")
     _copy_python_tree(project.server_dir, dest / "server")
     return dest
 

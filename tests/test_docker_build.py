@@ -6,8 +6,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import shutil
+import signal
+import sqlite3
 import subprocess
+import sys
 import tarfile
 import uuid
 from pathlib import Path
@@ -16,9 +20,9 @@ import pytest
 import requests
 
 from builder.registry import RegistryClient, RegistryRef
-from tests.conftest import free_port, make_project, run_builder, unique_name, wait_for
+from tests.conftest import ROOT, free_port, make_project, run_builder, unique_name, wait_for, write_config
 from tests.engines import second_engine
-from tests.localhub import LocalHub
+from tests.localhub import Fault, LocalHub
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_ready")]
 DOCKER = "/usr/bin/docker"
@@ -276,3 +280,65 @@ def test_a_base_image_without_the_manifests_python_fails_with_one_line(
         "error: the base image has Python 3.11, the manifest says 3.12: fix runtime.python or runtime.base_image"
     )
 
+
+
+def _ledger_rows(path: Path, query: str, *args: object) -> list[tuple]:
+    with sqlite3.connect(path) as db:
+        return list(db.execute(query, args))
+
+
+def test_mirror_credentials_and_the_token_stay_out_of_the_build_log_and_the_ledger(
+    tmp_path: Path, hub: LocalHub, tiny_sd: Path, isolated_env: dict, demo_manifest_data: dict
+) -> None:
+    """Through a real build: a mirror that cannot be reached, then one that serves bytes that do
+    not match; both URLs carry a password, and a token is set."""
+    password, token = "mirror-pw-SENTINEL-d41c", "hf_SENTINELbuild0123456789abcdefghij"
+    data = with_unique_repo(demo_variant(demo_manifest_data, "secret"), hub, tiny_sd, tmp_path)
+    data["sources"][0]["artifacts"][0]["sha256"] = "e" * 64  # README.md: downloaded, then refused
+    project = make_project(tmp_path, data)
+    config = write_config(tmp_path / "builder.yaml", ("dead", f"http://builder:{password}@127.0.0.1:9"),
+                          ("private", hub.url.replace("http://", f"http://builder:{password}@")),
+                          fetch={"attempts": 2, "backoff_base": 0.05, "backoff_max": 0.2, "connect_timeout": 2})
+    env = {**isolated_env, "BUILDER_CONFIG": str(config), "HF_TOKEN": token}
+    proc = run_builder(["--root", str(project.root), "build", data["name"], "--no-push"], env)
+    assert proc.returncode == 1
+    assert "all 2 mirrors failed" in last_line(proc)
+    assert "retrying" in proc.stderr and "via dead" in proc.stderr  # the build log was echoed
+    assert "SENTINEL" not in proc.stdout + proc.stderr
+    ledger = Path(isolated_env["BUILDER_LEDGER"])
+    builds = _ledger_rows(ledger, "SELECT id, status, error FROM builds WHERE model = ?", data["name"])
+    assert [b[1] for b in builds] == ["failed"] and "all 2 mirrors failed" in builds[0][2]
+    attempts = _ledger_rows(ledger, "SELECT mirror, outcome, error FROM download_attempts WHERE build_id = ?",
+                            builds[0][0])
+    assert {(m, o) for m, o, _ in attempts} >= {("dead", "failed"), ("private", "failed")}
+    assert "SENTINEL" not in repr(builds) + repr(attempts)
+
+
+def test_a_killed_build_keeps_the_attempts_it_made(
+    tmp_path: Path, hub: LocalHub, tiny_sd: Path, isolated_env: dict, demo_manifest_data: dict
+) -> None:
+    data = with_unique_repo(demo_variant(demo_manifest_data, "killed"), hub, tiny_sd, tmp_path)
+    project = make_project(tmp_path, data)
+    # README.md (unique to this build) stalls; the other files, cached or downloaded, finish first.
+    hub.inject(Fault("stall", path=f"{data['sources'][0]['repo_id']}/resolve/{data['sources'][0]['revision']}/README.md",
+                     method="GET", times=-1, stall_seconds=120))
+    ledger = Path(isolated_env["BUILDER_LEDGER"])
+    proc = subprocess.Popen([sys.executable, "-m", "builder", "--root", str(project.root), "build", data["name"],
+                             "--no-push"], env=isolated_env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        def recorded() -> bool:
+            return ledger.exists() and bool(_ledger_rows(
+                ledger, "SELECT 1 FROM download_attempts WHERE model = ? AND outcome IN ('ok', 'cached')",
+                data["name"]))
+
+        wait_for(recorded, 600, "a finished file in the ledger while the build runs",
+                 lambda: f"the build ended first (exit {proc.returncode})" if proc.poll() is not None else None)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the builder and the docker client it started
+        proc.wait()
+        hub.clear_faults()
+    builds = _ledger_rows(ledger, "SELECT id, status FROM builds WHERE model = ?", data["name"])
+    assert [b[1] for b in builds] == ["running"]  # killed: never finished
+    kept = _ledger_rows(ledger, "SELECT path, outcome FROM download_attempts WHERE build_id = ?", builds[0][0])
+    assert kept and ("README.md", "ok") not in kept, kept

@@ -38,7 +38,8 @@ def fetch_config(tmp_path: Path, *mirrors: tuple[str, str], **tuning) -> Path:
     return path
 
 
-def start_fetch(plan: dict, export: Path, cache: Path, config: Path, tmp_path: Path, token: str | None = None):
+def start_fetch(plan: dict, export: Path, cache: Path, config: Path, tmp_path: Path, token: str | None = None,
+                env: dict[str, str | None] | None = None):
     plan_file = tmp_path / "weights.json"
     plan_file.write_text(json.dumps(plan))
     args = [sys.executable, "-m", "builder.fetch", str(plan_file), str(export), "--cache", str(cache), "--config", str(config)]
@@ -46,14 +47,16 @@ def start_fetch(plan: dict, export: Path, cache: Path, config: Path, tmp_path: P
         secret = tmp_path / "hf_token"
         secret.write_text(token + "\n")
         args += ["--token-file", str(secret)]
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1", **(env or {})}
+    env = {k: v for k, v in env.items() if v is not None}  # None: unset
     env.pop("HF_TOKEN", None)
     env.pop("HF_ENDPOINT", None)
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
 
 
-def run_fetch(plan: dict, export: Path, cache: Path, config: Path, tmp_path: Path, token: str | None = None):
-    proc = start_fetch(plan, export, cache, config, tmp_path, token)
+def run_fetch(plan: dict, export: Path, cache: Path, config: Path, tmp_path: Path, token: str | None = None,
+              env: dict[str, str | None] | None = None):
+    proc = start_fetch(plan, export, cache, config, tmp_path, token, env)
     stdout, stderr = proc.communicate(timeout=180)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
@@ -453,7 +456,7 @@ def test_ranges_of_one_file_reuse_one_connection(big_repo, hub, cache, tmp_path)
 
 
 def test_an_unreadable_retry_after_backs_off_as_usual() -> None:
-    from builder.fetch import _retry_after
+    from builder.fetch.failures import retry_after as _retry_after
 
     assert _retry_after("2") == 2.0
     assert _retry_after("soon") is None

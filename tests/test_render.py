@@ -161,8 +161,15 @@ def test_context_holds_what_the_build_needs_and_nothing_else(project, demo_manif
     context = write_context(manifest, "manifests/demo.yaml", RenderOptions(), project, tmp_path / "ctx")
     files = sorted(p.relative_to(context).as_posix() for p in context.rglob("*") if p.is_file())
     assert {"Dockerfile", "weights.json", "manifest.json", "fetch/builder/__init__.py", "fetch/builder/errors.py",
-            "fetch/builder/fetch.py", "server/app.py", "server/smoke.py"} <= set(files)
+            "fetch/builder/fetch/__init__.py", "fetch/builder/fetch/engine.py", "server/app.py",
+            "server/smoke.py"} <= set(files)
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
+    # The copy stands alone: the stage's command imports nothing of builder from outside it.
+    check = ("import sys, builder.fetch.command; "
+             "print('\\n'.join(m.__file__ for n, m in sys.modules.items() if n.startswith('builder')))")
+    loaded = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(context / "fetch")}).stdout.split()
+    assert loaded and all(Path(f).is_relative_to(context / "fetch") for f in loaded), loaded
     image_manifest = json.loads((context / "manifest.json").read_text())
     assert image_manifest["model_dir"] == "/opt/models/demo"
     assert image_manifest["manifest_digest"] == manifest.digest

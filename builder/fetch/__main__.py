@@ -1,0 +1,5 @@
+import sys
+
+from builder.fetch.command import main
+
+sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,82 @@
+"""The content-addressed cache: CACHE/v1/sha256/HEX, shared by every build and model."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+CHUNK = 8 * 1024 * 1024
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ContentCache:
+    """CACHE/v1/sha256/HEX holds verified blobs; partial/ holds downloads in progress with their
+    resume state; locks/ holds one flock file per key, so two builds sharing the cache (a
+    BuildKit cache mount with sharing=shared) never write the same file at once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root) / "v1"
+        for sub in ("sha256", "partial", "locks", "used"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def blob(self, sha256: str) -> Path:
+        return self.root / "sha256" / sha256
+
+    def partial(self, key: str) -> Path:
+        return self.root / "partial" / f"{key}.part"
+
+    @contextlib.contextmanager
+    def locked(self, key: str, shared: bool = False, wait: bool = True) -> Iterator[bool]:
+        with open(self.root / "locks" / key, "a+") as handle:
+            flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
+            try:
+                fcntl.flock(handle, flags)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def has(self, sha256: str) -> bool:
+        return self.blob(sha256).is_file()
+
+    def insert(self, part: Path, sha256: str) -> Path:
+        target = self.blob(sha256)
+        os.chmod(part, 0o444)
+        os.replace(part, target)
+        self.touch(sha256)
+        return target
+
+    def touch(self, sha256: str) -> None:
+        (self.root / "used" / sha256).touch()
+
+    def evict(self, sha256: str) -> None:
+        for path in (self.blob(sha256), self.root / "used" / sha256):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def entries(self) -> list[dict[str, Any]]:
+        rows = []
+        for blob in sorted((self.root / "sha256").iterdir()):
+            used = self.root / "used" / blob.name
+            stat = blob.stat()
+            last = used.stat().st_mtime if used.exists() else stat.st_mtime
+            rows.append({"sha256": blob.name, "size": stat.st_size, "last_used": last})
+        return rows
+
+    def partials(self) -> list[dict[str, Any]]:
+        return [{"key": p.name[:-5], "size": p.stat().st_size} for p in sorted((self.root / "partial").glob("*.part"))]

@@ -29,7 +29,9 @@ from builder.manifest import Manifest
 from builder.project import Project
 from builder.redact import SECRETS, remember
 from builder.registry import RegistryClient, RegistryRef, smoke_tag
+from builder.registry.auth import find_credentials
 from builder.registry.layers import EngineLayers, LayersUnavailable
+from builder.registry.weights import WeightsStore
 from builder.registry.push import MIB, Pusher, PushSettings
 from builder.render import DEFAULT_PORT, RenderOptions, layer_limit_problems, write_context
 
@@ -182,6 +184,14 @@ def _build_smoke_push(manifest: Manifest, origin: str, options: BuildOptions, fe
             secrets["ca_bundle"] = options.ca_bundle.resolve()
         if options.pip_conf is not None:
             secrets["pip_conf"] = options.pip_conf.resolve()
+        store = next((m.url for m in fetch_config.mirrors if m.url.startswith("oci://")), None)
+        store_credentials = find_credentials(WeightsStore.parse(store).ref.host) if store else None
+        if store_credentials is not None:  # for the registry weights store; a secret, like the token
+            auth_file = Path(secret_dir) / "registry_auth"
+            auth_file.touch(mode=0o600)
+            auth_file.write_text(json.dumps({"username": store_credentials.username,
+                                             "password": store_credentials.password}), encoding="utf-8")
+            secrets["registry_auth"] = auth_file
         config_file = Path(secret_dir) / "fetch_config"
         config_file.write_text(json.dumps(fetch_config.to_json()), encoding="utf-8")
         secrets["fetch_config"] = config_file
@@ -274,7 +284,7 @@ def publish_weights(manifest: Manifest, fetch_config, client: RegistryClient, di
     store_url = next((m.url for m in fetch_config.mirrors if m.url.startswith("oci://")), None)
     if store_url is None:
         return
-    from builder.registry.weights import WeightsStore, publish
+    from builder.registry.weights import publish
     from builder.render import model_dir
 
     threshold = manifest.runtime.large_file_bytes

@@ -14,6 +14,7 @@ from builder.fetch.cache import ContentCache, sha256_of
 from builder.fetch.engine import FetchEngine
 from builder.fetch.export import fetch_plan
 from builder.fetch.markers import attempt_line, cache_line, line
+from builder.fetch.oci import read_registry_auth
 from builder.fetch.plan import CA_SECRET, Attempt, load_config, read_token
 from builder.fetch.tls import trust_additional_cas
 from builder.redact import Redactor
@@ -120,6 +121,9 @@ def main(argv: list[str]) -> int:
         redact.add(token)
         for mirror in config.mirrors:
             redact.add_url(mirror.url)
+        store_auth = read_registry_auth()
+        if store_auth:
+            redact.add(store_auth[1])
 
         def on_attempt(attempt: Attempt) -> None:
             line(redact(attempt_line(dataclasses.replace(attempt, error=attempt.error and redact(attempt.error)))))

@@ -4,6 +4,7 @@ of the ordered list that serves it correctly, with retries per file and mirror."
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import threading
 import time
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import BuilderError, ChecksumMismatch, DownloadError
+from builder.fetch import tls
 from builder.fetch.cache import ContentCache
 from builder.fetch.failures import (
     CorruptTransfer,
@@ -25,6 +27,7 @@ from builder.fetch.failures import (
     give_up,
     hub_error,
 )
+from builder.fetch.oci import NotInStore, OciStore, StoreError, read_registry_auth
 from builder.fetch.plan import Attempt, FetchConfig, FetchedFile, Mirror, PlannedFile
 from builder.fetch.progress import Progress, human
 from builder.fetch.ranges import RangeClient, origin
@@ -70,6 +73,7 @@ class FetchEngine:
         self.sleep = sleep
         self.progress = Progress()
         self._client = RangeClient(config.connect_timeout, config.read_timeout)
+        self._store: tuple[str, OciStore] | None = None
 
     # -- attempts and retries ----------------------------------------------------------------
     def _record(self, job: _Job, outcome: str, error: str | None = None) -> None:
@@ -108,8 +112,45 @@ class FetchEngine:
                 failures += 1
                 self._retry(job, failures, retry, "(metadata)")
 
+    def _download_oci(self, job: _Job) -> tuple[Path, str, int]:
+        """A pinned file from the registry weights store (builder/fetch/oci.py), checked like any download."""
+        item, mirror = job.item, job.mirror
+        if item.sha256 is None:
+            raise NotInStore(f"{item.dest} is not pinned: the weights store serves files by sha256 only")
+        if self._store is None or self._store[0] != mirror.url:
+            self._store = (mirror.url, OciStore(mirror.url, read_registry_auth(), self.config.read_timeout, tls.context()))
+        try:
+            chunks, size = self._store[1].open(item.sha256)
+        except StoreError as exc:
+            raise DownloadError(f"{self.model}: {item.dest} via {mirror.name}: {exc}") from None
+        if item.size is not None and size not in (-1, item.size):
+            raise ChecksumMismatch(f"{self.model}: {item.dest} via {mirror.name}: the store says {size} bytes, "
+                                   f"the manifest {item.size}")
+        part = self.cache.partial(item.key)
+        digest, written = hashlib.sha256(), 0
+        self.progress.add(total=item.size or 0)
+        try:
+            with open(part, "wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+                    digest.update(chunk)
+                    written += len(chunk)
+                    self._advance(job, len(chunk))
+        except (OSError, StoreError) as exc:
+            part.unlink(missing_ok=True)
+            raise DownloadError(f"{self.model}: {item.dest} via {mirror.name}: the transfer failed: {exc}") from None
+        if written != (item.size if item.size is not None else written) or digest.hexdigest() != item.sha256:
+            part.unlink(missing_ok=True)
+            raise ChecksumMismatch(
+                f"{self.model}: {item.dest} via {mirror.name}: sha256 mismatch: expected {item.sha256}, got "
+                f"{digest.hexdigest()} ({written} bytes): the store's copy is refused"
+            )
+        return part, item.sha256, written
+
     def _download(self, job: _Job) -> tuple[Path, str, int]:
         """Fetch job.item from job.mirror into the cache's partial dir; (path, sha256, size) once verified."""
+        if job.mirror.url.startswith("oci://"):
+            return self._download_oci(job)
         from huggingface_hub import hf_hub_url
         from huggingface_hub.utils import build_hf_headers
 
@@ -253,6 +294,10 @@ class FetchEngine:
             self.progress.add(active=1)
             try:
                 part, digest, size = self._download(job)
+            except NotInStore as exc:  # a miss, not a failure: no attempt recorded, the next mirror serves
+                errors.append((mirror, DownloadError(f"{self.model}: {item.dest}: not in {mirror.name}'s weights store")))
+                self.log(f"{item.dest}: not in {mirror.name}'s weights store ({exc}); trying the next mirror")
+                return None
             except CorruptTransfer as exc:
                 self._record(job, "failed", str(exc))
                 if not last_try:

@@ -23,12 +23,16 @@ import requests
 
 from builder import reach
 from builder.errors import RegistryError
+from builder.redact import remember
 
 
 @dataclass(frozen=True)
 class Credentials:
     username: str
     password: str
+
+    def __post_init__(self) -> None:
+        remember(self.password)  # never printed, echoed or recorded (builder/redact.py)
 
     def basic(self) -> str:
         return "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
@@ -157,5 +161,6 @@ class Auth:
         token = body.get("token") or body.get("access_token")
         if not token:
             raise RegistryError(f"the token service at {realm} answered without a token")
+        remember(token)
         lifetime = float(body.get("expires_in") or 60)
         return token, time.monotonic() + max(lifetime - 10, lifetime / 2)

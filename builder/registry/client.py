@@ -61,6 +61,9 @@ class RegistryRef:
 
     @classmethod
     def parse(cls, text: str) -> "RegistryRef":
+        if "@" in text:  # user:password@host: never echo it, never take it
+            raise InputError("--registry must not carry credentials: run `docker login HOST`, or set "
+                             "BUILDER_REGISTRY_USERNAME and BUILDER_REGISTRY_PASSWORD")
         host, _, namespace = text.strip().rstrip("/").partition("/")
         if not _HOST.fullmatch(host) or (namespace and not _NAMESPACE.fullmatch(namespace)):
             raise InputError(

@@ -96,7 +96,7 @@ def publish(store: WeightsStore, image_client: RegistryClient, image_name: str, 
             say: Callable[[str], None] = lambda line: None) -> Published:
     """Publish each file of `files` ({sha256, size, repo_id, revision, path, licence, gated,
     large, member}) from the pushed image `image_name@manifest_digest`."""
-    client = RegistryClient(store.ref) if store.ref != image_client.ref else image_client
+    client = RegistryClient(store.ref)  # its own: the image client's namespace is not the store's
     done = Published(skipped=[])
     image_manifest = json.loads(image_client.manifest(image_name, manifest_digest)[0])
     config = json.loads(image_client.blob(image_name, image_manifest["config"]["digest"]))
@@ -118,7 +118,7 @@ def publish(store: WeightsStore, image_client: RegistryClient, image_name: str, 
                 done.skipped.append(item["path"])
                 continue
             if client.blob_size(store.repository, layer["digest"]) is None:
-                if client.ref != image_client.ref:
+                if client.ref.host != image_client.ref.host:
                     done.skipped.append(item["path"])  # another registry: no mount; the Hub stays its source
                     continue
                 location, _ = client.start_upload(store.repository, mount=(layer["digest"], image_client.ref.path(image_name)))

@@ -17,7 +17,7 @@ RUN --mount=type=cache,id=builder-pip,target=/root/.cache/pip,sharing=locked --m
 COPY fetch/ /opt/builder-fetch/
 COPY weights.json /opt/builder-fetch/weights.json
 RUN --mount=type=secret,id=hf_token,mode=0400 --mount=type=secret,id=fetch_config,mode=0400 \
-    --mount=type=secret,id=ca_bundle,mode=0444 \
+    --mount=type=secret,id=ca_bundle,mode=0444 --mount=type=secret,id=registry_auth,mode=0400 \
     --mount=type=cache,id=builder-weights-v1,target=/cache,sharing=shared \
     PYTHONPATH=/opt/builder-fetch python3 -m builder.fetch /opt/builder-fetch/weights.json /export --cache /cache
 

@@ -64,9 +64,10 @@ def test_bump_keeps_every_other_byte_and_the_manifest_validates(tmp_path: Path) 
     path = tmp_path / "flux.yaml"
     shutil.copy(ROOT / "manifests/flux.yaml", path)
     before = path.read_text().splitlines(keepends=True)
+    major, minor, patch = load_manifest(path).version.split(".")
     done = bump_manifest(path, "patch")
     after = path.read_text().splitlines(keepends=True)
-    assert (done.old, done.new) == ("1.0.0", "1.0.1")
+    assert (done.old, done.new) == (f"{major}.{minor}.{patch}", f"{major}.{minor}.{int(patch) + 1}")
     changed = [(a, b) for a, b in zip(before, after) if a != b]
     assert len(before) == len(after) and changed == [(f'version: "{done.old}"\n', f'version: "{done.new}"\n')]
     assert load_manifest(path).version == done.new
@@ -110,7 +111,10 @@ def project_repo(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
     root.mkdir()
     git(root, "init", "-q", "-b", "main")
-    files = {f"manifests/{p.name}": p.read_text() for p in (ROOT / "manifests").glob("*.yaml")}
+    # The real manifests, the pushed ones at 1.0.0 (whatever version main has reached), so the
+    # expected versions below stay fixed.
+    files = {f"manifests/{p.name}": re.sub(r'^version: "[0-9.]+"$', 'version: "1.0.0"', p.read_text(), count=1, flags=re.M)
+             if p.stem in PUSHED else p.read_text() for p in (ROOT / "manifests").glob("*.yaml")}
     files.update({"templates/base.Dockerfile.j2": "x", "server/app.py": "x", "builder/cli.py": "x"})
     commit(root, "start", files)
     return root

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL cluster on loopback for the ledger's tests, idempotently: initdb once
+# under .cache/env/postgres, start it if it is not answering, and write the URL the tests use to
+# .cache/env/postgres/url. Needs Debian's postgresql package (tests/env/up.sh installs it).
+# initdb and postgres refuse to run as root, so as root the cluster belongs to the postgres user.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+dir="$root/.cache/env/postgres"
+port=${BUILDER_TEST_POSTGRES_PORT:-55432}
+log() { printf 'env: %s\n' "$*" >&2; }
+
+bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+[ -x "$bin/initdb" ] || { log "PostgreSQL is not installed (apt-get install postgresql, or make env)"; exit 3; }
+as_owner=()
+[ "$(id -u)" = 0 ] && as_owner=(runuser -u postgres --)
+
+mkdir -p "$dir"
+if [ ! -f "$dir/data/PG_VERSION" ]; then
+  log "creating a throwaway PostgreSQL cluster in $dir/data"
+  rm -rf "$dir/data"
+  # A fresh random password per cluster: scram over TCP, as a fleet's server would ask.
+  head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$dir/password"
+  [ "$(id -u)" = 0 ] && chown -R postgres: "$dir"
+  "${as_owner[@]}" "$bin/initdb" -D "$dir/data" -U builder --pwfile="$dir/password" --auth=scram-sha-256 \
+    --encoding=UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
+fi
+url="postgresql://builder:$(cat "$dir/password")@127.0.0.1:$port/postgres"
+if ! "$bin/pg_isready" -q -h 127.0.0.1 -p "$port"; then
+  log "starting PostgreSQL on 127.0.0.1:$port (log: $dir/server.log)"
+  # No Unix socket: the tests reach it over loopback TCP only, like another host would.
+  "${as_owner[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories='' -c max_connections=200" start >/dev/null \
+    || { tail -20 "$dir/server.log" >&2; log "PostgreSQL did not start"; exit 1; }
+fi
+printf '%s\n' "$url" >"$dir/url"

@@ -12,6 +12,7 @@ root=$(cd "$here/../.." && pwd)
 state="$root/.cache/env/postgres"
 port=${BUILDER_TEST_POSTGRES_PORT:-55432}
 log() { printf 'env: %s\n' "$*" >&2; }
+cd /  # every path here is absolute; the postgres user may not be able to enter the current directory
 
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 [ -x "$bin/initdb" ] || { log "PostgreSQL is not installed (apt-get install postgresql, or make env)"; exit 3; }
@@ -47,4 +48,7 @@ if ! "${as_owner[@]}" "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
     -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories='' -c max_connections=200" start >/dev/null \
     || { tail -20 "$dir/server.log" >&2; log "PostgreSQL did not start"; exit 1; }
 fi
-(umask 077 && printf 'postgresql://builder:%s@127.0.0.1:%s/postgres\n' "$(cat "$dir/password")" "$port" >"$state/url")
+# The port it runs on (its 4th line), which is the one asked for unless it was started earlier with another.
+running=$(sed -n 4p "$dir/data/postmaster.pid")
+[ "$running" = "$port" ] || log "note: this checkout's PostgreSQL was started earlier on port $running; using that"
+(umask 077 && printf 'postgresql://builder:%s@127.0.0.1:%s/postgres\n' "$(cat "$dir/password")" "$running" >"$state/url")

@@ -120,7 +120,7 @@ class BuilderConfig(BaseModel):
             if "://" in explicit and scheme.isascii() and scheme.replace("+", "").isalnum():
                 # Never echo the rest: a URL may carry a password.
                 raise ConfigError(f"the build ledger's location (BUILDER_LEDGER or the configuration's `ledger`) is a "
-                                  f"{scheme}:// URL: use a file path or postgresql://user:password@host:port/database")
+                                  f"{scheme}:// URL: use a file path or a postgresql:// URL")
             return Path(explicit).expanduser()
         state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
         return state / "builder" / "ledger.sqlite3"

@@ -9,19 +9,22 @@ the applied versions are rows of `ledger_migrations`. Each write is its own tran
 in autocommit mode, `transaction()` around each write), so concurrent hosts never wait on each
 other beyond a row insert.
 
-The URL's password is a secret: `location` (what messages and the CLI show) leaves it out, and
-every error from the driver is scrubbed of it before it becomes one line.
+The URL's password is a secret: the store tells builder/redact.py (so the CLI's last guard and the
+ledger's own row redaction hide it too), `location` (what messages and the CLI show) masks the
+URL's user and password, and every error from the driver is scrubbed before it becomes one line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from builder.errors import ConfigError
+from builder.redact import Redactor, redact_url, remember
 
 SCHEMES = ("postgresql://", "postgres://")
 # pg_advisory_xact_lock's key for "the ledger's schema is being checked or migrated": 'builder' in ASCII.
@@ -56,42 +59,26 @@ def translate(sql: str) -> str:
     return _TOKENS.sub(swap, sql)
 
 
-def _secrets(url: str) -> list[str]:
-    """The password as it may appear in the URL and in messages: raw and percent-decoded."""
-    found: list[str] = []
+def _passwords(url: str) -> list[str]:
+    """The passwords libpq may use: the URL's, a `password=` query value, PGPASSWORD. Not the user
+    name, which redact.url_secrets takes for a token when there is no password: a ledger's user
+    is often a word (`builder`) that messages must keep."""
+    found = [os.environ.get("PGPASSWORD") or ""]
     try:
         parts = urlsplit(url)
-        userinfo = parts.netloc.rpartition("@")[0]
-        if ":" in userinfo:
-            found.append(userinfo.split(":", 1)[1])
-        found += [value for key, value in parse_qsl(parts.query, keep_blank_values=True) if key.lower() == "password"]
+        found += [parts.password or ""]
+        found += [value for key, value in parse_qsl(parts.query) if key.lower() == "password"]
     except ValueError:
         pass
-    found += [unquote(s) for s in found]
-    return sorted({s for s in found if s}, key=len, reverse=True)
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages: postgresql://user:***@host:port/db."""
-    try:
-        parts = urlsplit(url)
-        userinfo, at, host = parts.netloc.rpartition("@")
-        if at:
-            user, colon, _ = userinfo.partition(":")
-            netloc = f"{user}{':***' if colon else ''}@{host}"
-        else:
-            netloc = host
-        query = "&".join(f"{key}={'***' if key.lower() == 'password' else value}"
-                         for key, value in parse_qsl(parts.query, keep_blank_values=True))
-        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-    except ValueError:
-        return "the PostgreSQL URL"
+    return [secret for secret in found if secret]
 
 
 class PostgresStore:
     def __init__(self, url: str) -> None:
-        self._secrets = _secrets(url)
-        self.location = self.scrub(redact(url))
+        self._redactor = Redactor(_passwords(url))
+        for secret in self._redactor.secrets:
+            remember(secret)
+        self.location = redact_url(url)
         try:
             import psycopg
         except ImportError:
@@ -103,9 +90,7 @@ class PostgresStore:
                                        application_name="builder")
 
     def scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return self._redactor(text)
 
     def _line(self, exc: BaseException) -> str:
         return self.scrub(" ".join(str(exc).split()))[:300].removeprefix("connection failed: ")

@@ -45,7 +45,7 @@ def _services(ctx: click.Context, project):
     from builder.ledger import Ledger
 
     config = load_config(project.root, ctx.obj.get("config"))
-    return Services(config, Ledger(config.ledger_path))
+    return Services(config, Ledger(config.ledger_location))
 
 
 def _layer_limit(ctx: click.Context, project, registry: str | None) -> int | None:
@@ -351,7 +351,7 @@ def stats(ctx: click.Context, name: str | None, as_json: bool, prometheus: bool)
         click.echo(json.dumps([{**vars(r), "success_rate": r.success_rate, "throughput": r.throughput} for r in rows], indent=2))
         return
     if not rows:
-        click.echo(f"no download attempts recorded{f' for {name}' if name else ''} in {services.ledger.path}")
+        click.echo(f"no download attempts recorded{f' for {name}' if name else ''} in {services.ledger.location}")
         return
     table = Table("mirror", "attempts", "ok", "retries", "failed", "success", "downloaded", "throughput")
     for r in rows:
@@ -474,7 +474,7 @@ def history(ctx: click.Context, name: str, as_json: bool) -> None:
         click.echo(json.dumps(events, indent=2))
         return
     if not events:
-        click.echo(f"no history for {name} in {services.ledger.path}")
+        click.echo(f"no history for {name} in {services.ledger.location}")
         return
     table = Table("when (UTC)", "event", "version", "outcome", "digest", "detail")
     for e in events:

@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from builder.errors import ConfigError
 from builder.fetch import OFFICIAL_HUB, FetchConfig, Mirror
+from builder.ledger import is_postgres_url
 from builder.redact import redact_url, remember_url
 
 
@@ -102,14 +103,24 @@ class BuilderConfig(BaseModel):
         default=True, description="Order mirrors by their success rate and speed in the download ledger."
     )
     fetch: FetchTuning = Field(default_factory=FetchTuning, description="Download tuning.")
-    ledger: str | None = Field(default=None, description="SQLite ledger path (default: $XDG_STATE_HOME/builder).")
+    ledger: str | None = Field(default=None, description="Where the build ledger lives: a SQLite file's path (default: "
+                               "$XDG_STATE_HOME/builder/ledger.sqlite3), or postgresql://user:password@host:port/db "
+                               "for one history shared by every build host ($BUILDER_LEDGER wins).")
     deploy: DeployConfig = Field(default_factory=DeployConfig, description="Deploys to RunPod.")
     push: PushConfig = Field(default_factory=PushConfig, description="Pushes to the registry.")
 
     @property
-    def ledger_path(self) -> Path:
+    def ledger_location(self) -> str | Path:
+        """$BUILDER_LEDGER, else the `ledger` key, else the default file: a path, or a PostgreSQL URL."""
         explicit = os.environ.get("BUILDER_LEDGER") or self.ledger
         if explicit:
+            if is_postgres_url(explicit):
+                return explicit
+            scheme = explicit.partition("://")[0]
+            if "://" in explicit and scheme.isascii() and scheme.replace("+", "").isalnum():
+                # Never echo the rest: a URL may carry a password.
+                raise ConfigError(f"the build ledger's location (BUILDER_LEDGER or the configuration's `ledger`) is a "
+                                  f"{scheme}:// URL: use a file path or a postgresql:// URL")
             return Path(explicit).expanduser()
         state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
         return state / "builder" / "ledger.sqlite3"

@@ -167,6 +167,40 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc.wait(timeout=10)
 
 
+# -- PostgreSQL (the ledger shared by several build hosts) ------------------------------------------
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The URL of the throwaway loopback cluster tests/env/postgres.sh keeps under .cache/env
+    (started here when it is not running; `make env` installs PostgreSQL)."""
+    problem = None
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        problem = "psycopg is not installed: pip install -e '.[postgres]' (make env)"
+    else:
+        run = subprocess.run([str(ROOT / "tests" / "env" / "postgres.sh")], capture_output=True, text=True, timeout=180)
+        if run.returncode != 0:
+            problem = (run.stderr.strip().splitlines() or [f"exit {run.returncode}"])[-1]
+    if problem is not None:
+        if os.environ.get("BUILDER_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"PostgreSQL ledger tests required (make test) but: {problem}")
+        pytest.skip(f"no PostgreSQL server: {problem}")
+    return (ROOT / ".cache" / "env" / "postgres" / "url").read_text().strip()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty database on the test cluster, dropped afterwards."""
+    import psycopg
+
+    name = f"ledger_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server, autocommit=True) as db:
+        db.execute(f"CREATE DATABASE {name}")
+    yield f"{postgres_server.rsplit('/', 1)[0]}/{name}"
+    with psycopg.connect(postgres_server, autocommit=True) as db:
+        db.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def write_config(path: Path, *mirrors: tuple[str, str], **extra: object) -> Path:
     """A builder configuration approving exactly these (name, url) mirrors."""
     path.write_text(yaml.safe_dump({"mirrors": [{"name": n, "url": u} for n, u in mirrors], **extra}))

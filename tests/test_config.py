@@ -60,6 +60,6 @@ def test_a_yaml_config_file_and_its_errors(tmp_path: Path) -> None:
 def test_ledger_location(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.delenv("BUILDER_LEDGER", raising=False)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
-    assert BuilderConfig().ledger_path == tmp_path / "builder" / "ledger.sqlite3"
+    assert BuilderConfig().ledger_location == tmp_path / "builder" / "ledger.sqlite3"
     monkeypatch.setenv("BUILDER_LEDGER", str(tmp_path / "x.db"))
-    assert BuilderConfig().ledger_path == tmp_path / "x.db"
+    assert BuilderConfig().ledger_location == tmp_path / "x.db"

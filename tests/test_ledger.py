@@ -1,4 +1,6 @@
-"""The build ledger: migrations, attempts, per-mirror stats and ranking, concurrent writers."""
+"""The build ledger: migrations, attempts, per-mirror stats and ranking, concurrent writers.
+
+The behaviour tests run twice: on a SQLite file and on a fresh PostgreSQL database (tests/env/postgres.sh)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,14 @@ from builder.fetch import Attempt
 from builder.ledger import MIGRATIONS, Ledger
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a ledger lives: a SQLite file's path, or a postgresql:// URL of an empty database."""
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres_url")
+    return str(tmp_path / "l.sqlite3")
 
 
 def attempt(mirror: str, outcome: str, n: int = 1000, seconds: float = 1.0, model: str = "m") -> Attempt:
@@ -40,8 +50,8 @@ def test_a_ledger_from_a_newer_builder_is_refused(tmp_path: Path) -> None:
         Ledger(path)
 
 
-def test_stats_per_mirror(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "l.sqlite3")
+def test_stats_per_mirror(location: str) -> None:
+    ledger = Ledger(location)
     ledger.record_attempts([
         attempt("hub", "retry", 10, 0.5), attempt("hub", "ok", 4000, 2.0), attempt("hub", "failed", 0, 1.0),
         attempt("mirror", "ok", 9000, 1.0), attempt("cache", "cached", 0, 0.0),
@@ -55,8 +65,8 @@ def test_stats_per_mirror(tmp_path: Path) -> None:
     assert [s.mirror for s in ledger.mirror_stats(model="other")] == []
 
 
-def test_ranking_prefers_reliable_then_fast_mirrors_with_enough_history(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "l.sqlite3")
+def test_ranking_prefers_reliable_then_fast_mirrors_with_enough_history(location: str) -> None:
+    ledger = Ledger(location)
     ledger.record_attempts([attempt("slow", "ok", 1000, 10.0) for _ in range(3)])
     ledger.record_attempts([attempt("fast", "ok", 1000, 1.0) for _ in range(3)])
     ledger.record_attempts([attempt("flaky", "ok", 1000, 0.1), attempt("flaky", "failed"), attempt("flaky", "failed")])
@@ -64,18 +74,18 @@ def test_ranking_prefers_reliable_then_fast_mirrors_with_enough_history(tmp_path
     assert ledger.mirror_ranking() == ["fast", "slow", "flaky"]
 
 
-def _run_at_once(script: str, path: Path, names: tuple[str, ...]) -> None:
+def _run_at_once(script: str, path: str, names: tuple[str, ...]) -> None:
     """Run `script` in one process per name, all at once, against the ledger at `path`."""
     procs = [subprocess.Popen([sys.executable, "-c", script, str(path), name], cwd=ROOT) for name in names]
     assert [p.wait(timeout=120) for p in procs] == [0] * len(names)
 
 
-def test_two_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
-    path = tmp_path / "l.sqlite3"
+def test_two_processes_writing_at_once_lose_nothing(location: str) -> None:
+    path = location
     Ledger(path).close()
     script = (
-        "import sys; from pathlib import Path; from builder.ledger import Ledger; from builder.fetch import Attempt\n"
-        "ledger = Ledger(Path(sys.argv[1]))\n"
+        "import sys; from builder.ledger import Ledger; from builder.fetch import Attempt\n"
+        "ledger = Ledger(sys.argv[1])\n"
         "for i in range(200):\n"
         "    ledger.record_attempts([Attempt('m', 'r/r', 'a' * 40, f'{sys.argv[2]}-{i}', sys.argv[2], i, 0.1, 'ok')])\n"
     )
@@ -92,12 +102,12 @@ def test_an_unusable_ledger_path_is_one_line(tmp_path: Path) -> None:
         Ledger(blocker / "ledger.sqlite3")
 
 
-def test_two_builds_at_once_record_everything(tmp_path: Path) -> None:
-    path = tmp_path / "l.sqlite3"
+def test_two_builds_at_once_record_everything(location: str) -> None:
+    path = location
     Ledger(path).close()
     script = (
-        "import sys; from pathlib import Path; from builder.ledger import Ledger\n"
-        "ledger = Ledger(Path(sys.argv[1]))\n"
+        "import sys; from builder.ledger import Ledger\n"
+        "ledger = Ledger(sys.argv[1])\n"
         "for i in range(60):\n"
         "    build = f'{sys.argv[2]}-{i}'\n"
         "    ledger.start_build(build, 'm', f'1.{i}', 'sha256:x', '0.1.0', None)\n"
@@ -112,8 +122,8 @@ def test_two_builds_at_once_record_everything(tmp_path: Path) -> None:
     assert Ledger(path).passed_smoke("sha256:da-7") and not Ledger(path).passed_smoke("sha256:nothing")
 
 
-def test_a_build_row_says_running_until_it_ends(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "l.sqlite3")
+def test_a_build_row_says_running_until_it_ends(location: str) -> None:
+    ledger = Ledger(location)
     ledger.start_build("b1", "m", "1.0", "sha256:x", "0.1.0", "abc")
     assert ledger.history("m")[0]["status"] == "running"
     ledger.finish_build("b1", "failed", error="smoke test failed: blank image")

@@ -28,6 +28,8 @@ need=()
 for pair in dockerd:docker.io docker-registry:docker-registry debootstrap:debootstrap skopeo:skopeo curl:curl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
+# The PostgreSQL ledger's tests run a throwaway server (its binaries are not on PATH).
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if ((${#need[@]})); then
   log "installing ${need[*]}"
   apt-get update -qq
@@ -65,6 +67,9 @@ YML
   curl -fsS "http://$REGISTRY_ADDR/v2/" >/dev/null || { cat "$state/registry.log" >&2; exit 1; }
 fi
 
+# -- PostgreSQL on loopback, for the shared ledger's tests (tests/env/postgres.sh) -----------------
+"$here/postgres.sh"
+
 # -- virtual environment --------------------------------------------------------------------------
 stamp="$root/.venv/.installed-$(cat "$root/pyproject.toml" "$here/constraints.txt" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
@@ -74,9 +79,9 @@ if [ ! -f "$stamp" ]; then
     "$root/.venv/bin/pip" install --upgrade pip &&
     # torch first and pinned: an unpinned torch would resolve to a CUDA build of several GB.
     "$root/.venv/bin/pip" install -c "$here/constraints.txt" torch==2.13.0 &&
-    "$root/.venv/bin/pip" install -c "$here/constraints.txt" -e "$root[dev,ml,media,server,deploy]"
+    "$root/.venv/bin/pip" install -c "$here/constraints.txt" -e "$root[dev,ml,media,server,deploy,postgres]"
   } >"$state/pip.log" 2>&1 || { tail -30 "$state/pip.log" >&2; log "pip install failed (log: $state/pip.log)"; exit 1; }
-  "$root/.venv/bin/python" -c "import builder, server, diffusers, fastapi, pytest" 
+  "$root/.venv/bin/python" -c "import builder, server, diffusers, fastapi, pytest, psycopg"
   rm -f "$root"/.venv/.installed-*
   touch "$stamp"
 fi

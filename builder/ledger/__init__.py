@@ -1,27 +1,29 @@
-"""The build ledger: SQLite, for history and analytics (the registry is the durable truth).
+"""The build ledger, for history and analytics (the registry is the durable truth).
 
-WAL mode and a busy timeout, so two builds on one host can write at once; schema migrations
-by PRAGMA user_version, applied in one immediate transaction. Rows: every download attempt
-(source, mirror, file, bytes, seconds, outcome, error; `builder stats` reads them and builds
-prefer the best mirror), every build (a `running` row first, finished as failed, built or
-pushed: a killed build never looks successful), its smoke result and push, every promotion and
-every deployment. `builder history` reads them. Nothing that rollback or promotion needs lives
-only here: a fresh CI runner recovers it from the registry and RunPod.
+One SQLite file by default (`_sqlite.py`: one host), or one PostgreSQL database that every build
+host writes to (`_postgres.py`: BUILDER_LEDGER=postgresql://...). The same numbered migrations
+run on both, statement by statement, in one transaction that holds the schema lock. Rows: every
+download attempt (source, mirror, file, bytes, seconds, outcome, error; `builder stats` reads
+them and builds prefer the best mirror), every build (a `running` row first, finished as failed,
+built or pushed: a killed build never looks successful), its smoke result and push, every
+promotion and every deployment. `builder history` reads them. Nothing that rollback or promotion
+needs lives only here: a fresh CI runner recovers it from the registry and RunPod.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from builder.errors import ConfigError
 from builder.fetch import Attempt
+from builder.ledger._postgres import PostgresStore
+from builder.ledger._postgres import is_url as is_postgres_url
+from builder.ledger._sqlite import SQLiteStore
 from builder.redact import redact
 
 MIGRATIONS: tuple[str, ...] = (
@@ -112,6 +114,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE deployments ADD COLUMN forced_reason TEXT;
     """,
 )
+# The migrations are in the SQL SQLite and PostgreSQL share, in SQLite's spelling of the column types
+# (INTEGER, REAL, INTEGER PRIMARY KEY); builder/ledger/_postgres.py says how they are translated.
 # A mirror needs this many finished attempts before its history reorders the mirrors.
 MIN_ATTEMPTS_FOR_RANKING = 3
 
@@ -152,48 +156,40 @@ class MirrorStats:
 
 
 class Ledger:
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA busy_timeout=30000")
-            self._migrate()
-        except (sqlite3.Error, OSError) as exc:
-            raise ConfigError(f"{self.path}: cannot open the build ledger: {exc}: check the path (BUILDER_LEDGER)") from None
+    """The ledger at `location`: a SQLite file's path, or a postgresql:// URL."""
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE: take the write lock up front, so concurrent builds queue, not fail."""
-        self._db.execute("BEGIN IMMEDIATE")
+    def __init__(self, location: str | Path) -> None:
+        self._store = PostgresStore(location) if is_postgres_url(location) else SQLiteStore(Path(location))
+        # Where the ledger is, for messages: a path, or the URL without its password.
+        self.location = self._store.location
         try:
-            yield self._db
+            with self._store.opening():
+                self._migrate()
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._store.close()
             raise
-        self._db.execute("COMMIT")
 
     def _migrate(self) -> None:
-        with self._transaction() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
+        with self._store.transaction():
+            self._store.lock_schema()
+            version = self._store.schema_version()
             if version > len(MIGRATIONS):
-                raise ConfigError(f"{self.path} was written by a newer builder (schema {version}): upgrade builder")
+                raise ConfigError(f"{self.location} was written by a newer builder (schema {version}): upgrade builder")
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in statements(script):
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version = {number}")
+                    self._store.execute(statement)
+                self._store.set_schema_version(number)
 
     def close(self) -> None:
-        self._db.close()
+        self._store.close()
 
     def record_attempts(self, attempts: Iterable[Attempt], build_id: str | None = None) -> None:
         rows = [(time.time(), build_id, a.model, a.repo_id, a.revision, a.path, a.mirror, a.bytes, a.seconds,
                  a.outcome, redact(a.error)) for a in attempts]
         if not rows:
             return
-        with self._transaction() as db:
-            db.executemany(
+        with self._store.transaction():
+            self._store.executemany(
                 "INSERT INTO download_attempts (at, build_id, model, repo_id, revision, path, mirror, bytes, seconds,"
                 " outcome, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
@@ -203,8 +199,8 @@ class Ledger:
     def start_build(self, build_id: str, model: str, version: str, manifest_digest: str, builder_version: str,
                     git_commit: str | None) -> None:
         """A row that says `running` until the build ends: a killed build stays visibly unfinished."""
-        with self._transaction() as db:
-            db.execute(
+        with self._store.transaction():
+            self._store.execute(
                 "INSERT INTO builds (id, model, version, manifest_digest, status, builder_version, git_commit, started_at)"
                 " VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
                 (build_id, model, version, manifest_digest, builder_version, git_commit, time.time()),
@@ -213,8 +209,8 @@ class Ledger:
     def finish_build(self, build_id: str, status: str, *, image_id: str | None = None, repository: str | None = None,
                      digest: str | None = None, error: str | None = None, layers: list | None = None,
                      seconds: dict | None = None) -> None:
-        with self._transaction() as db:
-            db.execute(
+        with self._store.transaction():
+            self._store.execute(
                 "UPDATE builds SET status = ?, image_id = ?, repository = ?, digest = ?, error = ?, layers = ?,"
                 " seconds = ?, finished_at = ? WHERE id = ?",
                 (status, image_id, repository, digest, redact(error), json.dumps(layers) if layers is not None else None,
@@ -222,8 +218,8 @@ class Ledger:
             )
 
     def record_smoke(self, build_id: str, image_id: str, result: dict) -> None:
-        with self._transaction() as db:
-            db.execute(
+        with self._store.transaction():
+            self._store.execute(
                 "INSERT INTO smoke_results (build_id, image_id, passed, reason, device, load_seconds, inference_seconds,"
                 " peak_rss_mb, peak_gpu_mb, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (build_id, image_id, 1 if result.get("passed") else 0, redact(result.get("reason")), result.get("device"),
@@ -232,20 +228,20 @@ class Ledger:
             )
 
     def record_push(self, build_id: str, repository: str, tag: str, digest: str, outcome: str) -> None:
-        with self._transaction() as db:
-            db.execute("INSERT INTO pushes (build_id, repository, tag, digest, outcome, at) VALUES (?, ?, ?, ?, ?, ?)",
+        with self._store.transaction():
+            self._store.execute("INSERT INTO pushes (build_id, repository, tag, digest, outcome, at) VALUES (?, ?, ?, ?, ?, ?)",
                        (build_id, repository, tag, digest, outcome, time.time()))
 
     def record_stage(self, model: str, version: str, digest: str, stage: str, actor: str | None) -> None:
-        with self._transaction() as db:
-            db.execute("INSERT INTO stages (model, version, digest, stage, actor, at) VALUES (?, ?, ?, ?, ?, ?)",
+        with self._store.transaction():
+            self._store.execute("INSERT INTO stages (model, version, digest, stage, actor, at) VALUES (?, ?, ?, ?, ?, ?)",
                        (model, version, digest, stage, actor, time.time()))
 
     def record_deployment(self, model: str, version: str | None, digest: str, target: str, outcome: str,
                           previous_digest: str | None, detail: str | None, seconds: float,
                           forced_reason: str | None = None) -> None:
-        with self._transaction() as db:
-            db.execute(
+        with self._store.transaction():
+            self._store.execute(
                 "INSERT INTO deployments (model, version, digest, target, outcome, previous_digest, detail, seconds, at,"
                 " forced_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (model, version, digest, target, outcome, previous_digest, redact(detail), round(seconds, 2), time.time(),
@@ -254,17 +250,17 @@ class Ledger:
 
     def passed_smoke(self, digest_or_image: str) -> bool:
         """Whether a smoke test passed for this image (by registry digest or local image id)."""
-        row = self._db.execute(
+        rows = self._store.execute(
             "SELECT 1 FROM smoke_results s JOIN builds b ON b.id = s.build_id"
             " WHERE s.passed = 1 AND (s.image_id = ? OR b.digest = ?) LIMIT 1",
             (digest_or_image, digest_or_image),
-        ).fetchone()
-        return row is not None
+        )
+        return bool(rows)
 
     def history(self, model: str) -> list[dict[str, Any]]:
         """Everything the ledger knows about one model, oldest first."""
         events: list[dict[str, Any]] = []
-        builds = self._db.execute(
+        builds = self._store.execute(
             "SELECT b.id, b.version, b.status, b.image_id, b.digest, b.error, b.seconds, b.git_commit, b.started_at,"
             " b.manifest_digest, s.passed, s.reason, s.device, s.inference_seconds"
             " FROM builds b LEFT JOIN smoke_results s ON s.build_id = b.id WHERE b.model = ? ORDER BY b.started_at",
@@ -278,11 +274,11 @@ class Ledger:
                            "manifest_digest": manifest_digest, "seconds": json.loads(seconds) if seconds else None,
                            "smoke": None if passed is None else {"passed": bool(passed), "reason": reason,
                                                                   "device": device, "inference_seconds": inference}})
-        for version, digest, stage, actor, at in self._db.execute(
+        for version, digest, stage, actor, at in self._store.execute(
                 "SELECT version, digest, stage, actor, at FROM stages WHERE model = ?", (model,)):
             events.append({"at": at, "event": "promote", "version": version, "digest": digest, "stage": stage,
                            "actor": actor})
-        for version, digest, target, outcome, previous, detail, seconds, at, forced in self._db.execute(
+        for version, digest, target, outcome, previous, detail, seconds, at, forced in self._store.execute(
                 "SELECT version, digest, target, outcome, previous_digest, detail, seconds, at, forced_reason"
                 " FROM deployments WHERE model = ?", (model,)):
             events.append({"at": at, "event": "deploy", "version": version, "digest": digest, "target": target,
@@ -295,16 +291,17 @@ class Ledger:
         params: tuple = ()
         if model:
             query, params = query + " WHERE model = ?", (model,)
-        return [Attempt(*row) for row in self._db.execute(query + " ORDER BY id", params)]
+        return [Attempt(*row) for row in self._store.execute(query + " ORDER BY id", params)]
 
     def mirror_stats(self, model: str | None = None) -> list[MirrorStats]:
         """Per mirror: attempts (ok, retry, failed; cache hits are not mirror attempts), bytes and
         seconds of the successful ones."""
         where = "WHERE outcome != 'cached'" + (" AND model = ?" if model else "")
-        rows = self._db.execute(
+        rows = self._store.execute(
             f"""SELECT mirror, COUNT(*),
-                       SUM(outcome = 'ok'), SUM(outcome = 'retry'), SUM(outcome = 'failed'),
-                       COALESCE(SUM(CASE WHEN outcome = 'ok' THEN bytes END), 0),
+                       SUM(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END), SUM(CASE WHEN outcome = 'retry' THEN 1 ELSE 0 END),
+                       SUM(CASE WHEN outcome = 'failed' THEN 1 ELSE 0 END),
+                       CAST(COALESCE(SUM(CASE WHEN outcome = 'ok' THEN bytes END), 0) AS INTEGER),
                        COALESCE(SUM(CASE WHEN outcome = 'ok' THEN seconds END), 0)
                 FROM download_attempts {where} GROUP BY mirror ORDER BY mirror""",
             (model,) if model else (),
@@ -320,12 +317,12 @@ class Ledger:
     # -- figures for monitoring (builder/metrics.py) -------------------------------------------
     def download_totals(self) -> list[tuple[str, str, str, int, int, float]]:
         """(model, mirror, outcome, attempts, bytes, seconds) over every recorded download attempt."""
-        return list(self._db.execute(
-            "SELECT model, mirror, outcome, COUNT(*), COALESCE(SUM(bytes), 0), COALESCE(SUM(seconds), 0)"
+        return list(self._store.execute(
+            "SELECT model, mirror, outcome, COUNT(*), CAST(COALESCE(SUM(bytes), 0) AS INTEGER), COALESCE(SUM(seconds), 0)"
             " FROM download_attempts GROUP BY model, mirror, outcome ORDER BY model, mirror, outcome"))
 
     def build_rows(self) -> list[tuple[str, str, dict[str, float], float, float | None]]:
         """(model, status, seconds per phase, started_at, finished_at) of every build, oldest first."""
-        rows = self._db.execute("SELECT model, status, seconds, started_at, finished_at FROM builds ORDER BY started_at")
+        rows = self._store.execute("SELECT model, status, seconds, started_at, finished_at FROM builds ORDER BY started_at")
         return [(model, status, json.loads(seconds) if seconds else {}, started, finished)
                 for model, status, seconds, started, finished in rows]

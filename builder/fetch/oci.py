@@ -140,8 +140,8 @@ class OciStore:
         member = (layer.get("annotations") or {}).get(MEMBER)
         if not member:
             raise StoreError(f"the artifact of {sha256[:12]} names no file inside its layer")
-        mode = "r|gz" if layer.get("mediaType", "").endswith("+gzip") else "r|"
-        return _member(blob, mode, member), size
+        # "r|*": plain or gzip, whichever the layer is (OCI or Docker media types alike).
+        return _member(blob, "r|*", member), size
 
 
 def _chunks(response) -> Iterator[bytes]:

@@ -39,7 +39,9 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 MIB = 1024 * 1024
-_WEIGHTS_LAYER = re.compile(r"^COPY /export/sha256-[0-9a-f]{64}/ / ")
+# How BuildKit records `COPY --from=weights /export/sha256-<file>/ /` in the image history (the
+# stage name appears in some versions, not in the engine's own BuildKit of Docker 20.10).
+_WEIGHTS_LAYER = re.compile(r"^COPY (?:--from=weights )?/export/sha256-[0-9a-f]{64}/ / ")
 
 
 @dataclass(frozen=True)

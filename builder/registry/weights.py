@@ -18,6 +18,7 @@ files are reused only within the registry that holds them: keep that repository 
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,11 +26,10 @@ from dataclasses import dataclass
 from builder.errors import RegistryError
 from builder.registry.client import OCI_EMPTY, OCI_MANIFEST, EMPTY_BLOB, RegistryClient, RegistryRef, sha256
 from builder.registry.layers import EngineLayers, LayerTar
+from builder.registry.push import is_weights_layer
 
 WEIGHTS_ARTIFACT = "application/vnd.builder.weights.v1"
 RAW_FILE = "application/vnd.builder.weights.file.v1"
-LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
-LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 MEMBER = "io.builder.weights.member"  # the file's path inside a tar layer
 
 
@@ -103,7 +103,7 @@ def publish(store: WeightsStore, image_client: RegistryClient, image_name: str, 
     made = [h.get("created_by", "") for h in config.get("history", []) if not h.get("empty_layer")]
     by_member: dict[str, dict] = {}
     for created, layer in zip(made, image_manifest["layers"]):
-        if created.startswith("COPY /export/sha256-"):
+        if is_weights_layer(created):
             by_member[f"opt/weights/sha256/{created.split('sha256-', 1)[1].split('/', 1)[0]}"] = layer
     small_wanted = {}
     empty = client.put_blob(store.repository, EMPTY_BLOB)
@@ -151,7 +151,7 @@ def _find_small(layers: EngineLayers, image_id: str, wanted: dict[str, str]) -> 
     history = [h for h in json.loads(config).get("history", []) if not h.get("empty_layer")]
     found: dict[str, bytes] = {}
     for made, layer in zip(history, layers.layers(config)):
-        if made.get("created_by", "").startswith("COPY /export/small/"):
+        if re.match(r"^COPY (?:--from=weights )?/export/small/ ", made.get("created_by", "")):
             found.update(dict(_small_files(layer, wanted)))
     return found
 

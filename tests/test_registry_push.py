@@ -55,7 +55,7 @@ def weights_image(tmp_path: Path, seed: str, code: str, files: int = 2, kib: int
               for i, n in enumerate(names)]
     lines += ["FROM scratch", *[f"COPY --from=weights /export/sha256-{n}/ /" for n in names],
               "COPY app.txt /app/app.txt"]
-    ctx = tmp_path / f"ctx-{seed}-{code}"
+    ctx = tmp_path / f"ctx-{seed}-{hashlib.sha256(code.encode()).hexdigest()[:12]}"
     ctx.mkdir()
     (ctx / "Dockerfile").write_text("\n".join(lines) + "\n")
     (ctx / "app.txt").write_text(code)
@@ -291,3 +291,23 @@ def _believe_longer(fetch):
         token, _ = fetch(params, scopes)
         return token, time.monotonic() + 300
     return wrapped
+
+
+@pytest.mark.docker
+def test_a_proxys_body_limit_turns_into_smaller_chunks(tmp_path: Path, scratch: str) -> None:
+    import base64
+
+    code = base64.b64encode(os.urandom(4 * MIB)).decode()  # 5.3 MiB of text: about 4 MiB gzipped
+    image = weights_image(tmp_path, "limit", code, files=1, kib=5 * 1024)
+    limit = 3 * MIB
+
+    def fault(method, path, headers, body):
+        return (413, {}, b"") if method in ("PUT", "PATCH") and len(body) > limit else None
+
+    with faulty_proxy(scratch, fault) as (address, seen):
+        ours = pusher(address, tmp_path / "state", chunk_bytes=8 * MIB)  # one PUT each, as far as we know
+        digest = ours.push("team/limited", "1", image)
+    sent = [(r["length"], r["status"]) for r in seen if r["method"] in ("PUT", "PATCH") and r["length"]]
+    assert any(status == 413 for _, status in sent)  # the first try of the weights layer, whole
+    assert all(length <= limit for length, status in sent if status != 413)
+    assert RegistryClient(RegistryRef.parse(scratch)).image("team/limited", "1").digest == digest

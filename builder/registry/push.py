@@ -226,6 +226,7 @@ class Pusher:
         self.stats = PushStats()
         self._lock = threading.Lock()
         self._blobs: list[_Blob] = []
+        self._body_limit: int | None = None  # learnt from a 413: the largest request body that gets through
 
     # -- planning ----------------------------------------------------------------------------------
     def plan(self, image_id: str) -> tuple[bytes, list[_Blob]]:
@@ -356,34 +357,64 @@ class Pusher:
         return True
 
     def _send_gzip(self, path: str, blob: _Blob) -> None:
-        """Compress while uploading: the digest is known only at the end (one streamed PATCH)."""
+        """Compress while uploading: the digest is known only at the end. The packed bytes go up in
+        PATCHes of at most the chunk size (held in memory one at a time), so a registry behind a
+        body limit takes them too."""
         assert blob.layer is not None
-        location, _ = self.client.start_upload(path)
+        location, headers = self.client.start_upload(path)
         assert location is not None
-        digest = hashlib.sha256()
-        size = 0
-        raw = blob.layer.read()
+        chunk = max(self._chunk_limit(), int(headers.get("OCI-Chunk-Min-Length") or 0))
+        digest, offset, pending = hashlib.sha256(), 0, bytearray()
 
-        def packed() -> Iterator[bytes]:
-            nonlocal size
-            for chunk in gzip_stream(self._raw_progress(blob, raw), self.settings.gzip_level, self.settings.gzip_threads):
-                self._check_stop()
-                digest.update(chunk)
-                size += len(chunk)
-                yield chunk
+        def flush(data: bytes) -> None:
+            nonlocal location, offset
+            while data:
+                piece = data[:self._chunk_limit(chunk)]
+                location = self._patch_piece(path, location, piece, offset)
+                offset += len(piece)
+                data = data[len(piece):]
 
-        response = self.client.request("PATCH", location, self.client._scopes(path, write=True),
-                                       {"Content-Type": "application/octet-stream"}, packed(), retry=False,
-                                       timeout=(self.client.timeout, 600))
-        self.client.check_response(response, f"a layer upload to {path}", ok=(202,))
-        blob.digest, blob.size = "sha256:" + digest.hexdigest(), size
-        self.client.finish(path, self.client._location(response), blob.digest)
-        self.state.remember_gzip(blob.layer.diff_id, self.settings.gzip_level, blob.digest, size)
+        packed = gzip_stream(self._raw_progress(blob, blob.layer.read()), self.settings.gzip_level,
+                             self.settings.gzip_threads)
+        for out in packed:
+            self._check_stop()
+            digest.update(out)
+            pending += out
+            if len(pending) >= chunk:
+                flush(bytes(pending))
+                pending.clear()
+        flush(bytes(pending))
+        blob.digest, blob.size = "sha256:" + digest.hexdigest(), offset
+        self.client.finish(path, location, blob.digest)
+        self.state.remember_gzip(blob.layer.diff_id, self.settings.gzip_level, blob.digest, offset)
         with self._lock:  # progress counted raw bytes; from here on the blob counts as its packed size
-            blob.done = size
-            self.stats.total_bytes += size - blob.layer.size
-            self.stats.sent_bytes += size
+            blob.done = offset
+            self.stats.total_bytes += offset - blob.layer.size
+            self.stats.sent_bytes += offset
         self._report()
+
+    def _patch_piece(self, path: str, location: str, piece: bytes, offset: int) -> str:
+        """One PATCH of bytes held in memory; a 413 (a proxy's body limit) halves the limit and
+        sends them again in smaller pieces."""
+        try:
+            return self.client.patch(path, location, piece, offset, len(piece))
+        except RegistryError as exc:
+            if " 413 " not in str(exc) or len(piece) <= MIB:
+                raise
+            self._learn_body_limit(len(piece) // 2)
+            half = len(piece) // 2
+            location = self._patch_piece(path, location, piece[:half], offset)
+            return self._patch_piece(path, location, piece[half:], offset + half)
+
+    def _chunk_limit(self, wanted: int | None = None) -> int:
+        with self._lock:
+            limit = self._body_limit
+        return min(wanted or self.settings.chunk_bytes, limit) if limit else (wanted or self.settings.chunk_bytes)
+
+    def _learn_body_limit(self, limit: int) -> None:
+        with self._lock:
+            if self._body_limit is None or limit < self._body_limit:
+                self._body_limit = max(limit, MIB)
 
     def _raw_progress(self, blob: _Blob, chunks: Iterator[bytes]) -> Iterator[bytes]:
         for chunk in chunks:
@@ -394,11 +425,19 @@ class Pusher:
         """An uncompressed layer: its digest is known, so one streamed PUT, or chunks that resume."""
         assert blob.layer is not None and blob.digest is not None and blob.size is not None
         layer, size = blob.layer, blob.size
-        if size <= self.settings.chunk_bytes:
+        if size <= self._chunk_limit():
             location, _ = self.client.start_upload(path)
             assert location is not None
-            self.client.finish(path, location, blob.digest, _Body(layer.read(), size, lambda n: self._advance(blob, n)), size)
-            return
+            body = _Body(layer.read(), size, lambda n: self._advance(blob, n))
+            try:
+                self.client.finish(path, location, blob.digest, body, size)
+                return
+            except RegistryError as exc:
+                if " 413 " not in str(exc) or size <= MIB:
+                    raise
+                with self._lock:
+                    blob.done -= body.sent
+                self._learn_body_limit(size // 2)  # a proxy's body limit: this blob, and the rest, in chunks
         location, offset = self._resume(path, blob)
         if location is None:
             location, headers = self.client.start_upload(path)
@@ -407,17 +446,19 @@ class Pusher:
         else:
             headers = {}
         minimum = int(headers.get("OCI-Chunk-Min-Length") or 0)
-        chunk = max(self.settings.chunk_bytes, minimum)
         failures = 0
         while offset < size:
             self._check_stop()
-            length = min(chunk, size - offset)
+            length = min(max(self._chunk_limit(), minimum), size - offset)
             body = _Body(layer.read(offset, offset + length), length, lambda n: self._advance(blob, n))
             try:
                 location = self.client.patch(path, location, body, offset, length)
-            except RegistryError:
+            except RegistryError as exc:
                 # A dropped chunk: go on from what the registry holds. Distribution refuses a
-                # session whose last chunk was cut short, so then the blob starts over.
+                # session whose last chunk was cut short, so then the blob starts over. A 413 is
+                # a proxy's body limit: smaller chunks from here on.
+                if " 413 " in str(exc) and length > MIB:
+                    self._learn_body_limit(length // 2)
                 failures += 1
                 if failures >= self.client.attempts:
                     raise

@@ -29,7 +29,7 @@ if [ "$(id -u)" = 0 ]; then
   fi
 fi
 
-if [ ! -f "$dir/data/PG_VERSION" ]; then
+init_cluster() {
   log "creating a throwaway PostgreSQL cluster in $dir/data"
   rm -rf "$dir/data"
   # A fresh random password per cluster: scram over TCP, as a fleet's server would ask.
@@ -37,16 +37,24 @@ if [ ! -f "$dir/data/PG_VERSION" ]; then
   [ "$(id -u)" = 0 ] && chown postgres: "$dir/password"
   "${as_owner[@]}" "$bin/initdb" -D "$dir/data" -U builder --pwfile="$dir/password" --auth=scram-sha-256 \
     --encoding=UTF8 --locale=C.UTF-8 >"$state/initdb.log" 2>&1 || { cat "$state/initdb.log" >&2; exit 1; }
-fi
+}
+start_cluster() {
+  # No Unix socket: the tests reach it over loopback TCP only, like another host would.
+  "${as_owner[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories='' -c max_connections=200" start >/dev/null
+}
+[ -f "$dir/data/PG_VERSION" ] || init_cluster
 if ! "${as_owner[@]}" "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
   if "$bin/pg_isready" -q -h 127.0.0.1 -p "$port"; then
     log "127.0.0.1:$port is taken by another server: set BUILDER_TEST_POSTGRES_PORT to a free port"; exit 1
   fi
   log "starting PostgreSQL on 127.0.0.1:$port (log: $dir/server.log)"
-  # No Unix socket: the tests reach it over loopback TCP only, like another host would.
-  "${as_owner[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories='' -c max_connections=200" start >/dev/null \
-    || { tail -20 "$dir/server.log" >&2; log "PostgreSQL did not start"; exit 1; }
+  if ! start_cluster; then
+    # A throwaway cluster that will not start (a crash, a half-written data directory): make it anew, once.
+    log "the cluster in $dir/data did not start; creating it anew"
+    init_cluster
+    start_cluster || { tail -20 "$dir/server.log" >&2; log "PostgreSQL did not start"; exit 1; }
+  fi
 fi
 # The port it runs on (its 4th line), which is the one asked for unless it was started earlier with another.
 running=$(sed -n 4p "$dir/data/postmaster.pid")

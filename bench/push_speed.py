@@ -165,6 +165,7 @@ def main() -> None:
     parser.add_argument("--gib", type=float, default=2.0, help="Weights per image, GiB.")
     parser.add_argument("--files", type=int, default=4, help="Weight files (layers) per image.")
     parser.add_argument("--rounds", type=int, default=2, help="Push rounds (each method once per round).")
+    parser.add_argument("--pulls", type=int, default=2, help="Pull rounds (each image once per round).")
     parser.add_argument("--chunk-mb", type=int, default=PushSettings().chunk_bytes // 2**20, help="Chunk size, MiB.")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -239,7 +240,7 @@ def main() -> None:
             raw = client.image(f"b-{run}-{last}", "1")
             pulls: dict[str, list[float]] = {"docker": [], "builder": []}
             with second_engine(work / "engine") as other:
-                for r in range(2):
+                for r in range(args.pulls):
                     for method in (("docker", "builder") if r % 2 == 0 else ("builder", "docker")):
                         ref = f"{registry}/d-{run}-{last}@{gz.digest}" if method == "docker" else \
                             f"{registry}/b-{run}-{last}@{raw.digest}"
@@ -259,7 +260,7 @@ def main() -> None:
           f"{rows['stop_resume_sent_bytes'] / 1e9:.2f} / {rows['stop_left_bytes'] / 1e9:.2f} GB | {rows['stop_resume_ratio']:.2f}x |")
     print(f"| resume after SIGKILL at ~50% | (starts over) | "
           f"{rows['kill_resume_sent_bytes'] / 1e9:.2f} / {rows['kill_left_bytes'] / 1e9:.2f} GB | {rows['kill_resume_ratio']:.2f}x |")
-    print(f"| pull by digest into an empty engine | {rows['pull_gzip_s']:.1f} s (gzip) | "
+    print(f"| pull by digest into an empty engine (median of {args.pulls}) | {rows['pull_gzip_s']:.1f} s (gzip) | "
           f"{rows['pull_uncompressed_s']:.1f} s (uncompressed) | {rows['pull_gzip_s'] / rows['pull_uncompressed_s']:.2f}x |")
     print(json.dumps(rows, default=str))
 

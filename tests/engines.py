@@ -143,7 +143,8 @@ def faulty_proxy(target: str, fault) -> Iterator[tuple[str, list[dict]]]:
             else:
                 body = self.rfile.read(length) if length else b""
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "content-length")}
-            seen.append({"method": self.command, "path": self.path, "length": len(body), "headers": headers})
+            entry = {"method": self.command, "path": self.path, "length": len(body), "headers": headers}
+            seen.append(entry)  # handlers run in threads at once: each keeps its own entry
             answer = fault(self.command, self.path, headers, body)
             if answer is None:
                 upstream = session.request(self.command, f"http://{target}{self.path}", headers=headers, data=body,
@@ -152,7 +153,7 @@ def faulty_proxy(target: str, fault) -> Iterator[tuple[str, list[dict]]]:
                 out_headers.update(getattr(fault, "after", lambda *a: {})(self.command, self.path, out_headers) or {})
             else:
                 status, out_headers, out = answer
-            seen[-1]["status"] = status
+            entry["status"] = status
             self.send_response(status)
             for key, value in out_headers.items():
                 if key.lower() not in ("transfer-encoding", "content-length", "connection", "content-encoding"):

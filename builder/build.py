@@ -184,7 +184,7 @@ def _build_smoke_push(manifest: Manifest, origin: str, options: BuildOptions, fe
             secrets["ca_bundle"] = options.ca_bundle.resolve()
         if options.pip_conf is not None:
             secrets["pip_conf"] = options.pip_conf.resolve()
-        store = next((m.url for m in fetch_config.mirrors if m.url.startswith("oci://")), None)
+        store = weights_store_url(fetch_config)
         store_credentials = find_credentials(WeightsStore.parse(store).ref.host) if store else None
         if store_credentials is not None:  # for the registry weights store; a secret, like the token
             auth_file = Path(secret_dir) / "registry_auth"
@@ -276,12 +276,17 @@ def _build_smoke_push(manifest: Manifest, origin: str, options: BuildOptions, fe
     return result
 
 
+def weights_store_url(fetch_config: FetchConfig) -> str | None:
+    """The registry weights store: the first `oci://` mirror, if the configuration names one."""
+    return next((m.url for m in fetch_config.mirrors if m.url.startswith("oci://")), None)
+
+
 def publish_weights(manifest: Manifest, fetch_config, client: RegistryClient, digest: str, image_id: str,
                     docker: Docker, say: Say) -> None:
     """Put each verified weights file in the registry weights store an `oci://` mirror names, for
     every later build on any host. The image is pushed and good either way: a failure here is a
     line, not a failed build."""
-    store_url = next((m.url for m in fetch_config.mirrors if m.url.startswith("oci://")), None)
+    store_url = weights_store_url(fetch_config)
     if store_url is None:
         return
     from builder.registry.weights import publish

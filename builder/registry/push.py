@@ -307,10 +307,6 @@ class Pusher(BlobUploads):
         self._advance(blob, blob.size or 0, sent=False)
         return True
 
-def open_store(client: Any) -> EngineLayers:
-    """The engine's layer store, or LayersUnavailable saying why not."""
-    return EngineLayers.open(client)
-
 
 __all__ = ["BLOCK", "MIB", "LayersUnavailable", "PushProgress", "PushSettings", "PushStats", "PushStopped", "Pusher",
-           "gzip_stream", "open_store"]
+           "gzip_stream"]

@@ -23,12 +23,14 @@ def sha256_of(path: Path) -> str:
 
 class ContentCache:
     """CACHE/v1/sha256/HEX holds verified blobs; partial/ holds downloads in progress with their
-    resume state; locks/ holds one flock file per key, so two builds sharing the cache (a
-    BuildKit cache mount with sharing=shared) never write the same file at once."""
+    resume state; locks/ holds one flock file per key, so two builds sharing the cache (two
+    processes on one host) never write the same file at once; layers/FORMAT/HEX records the
+    digest and size of the file's own image layer (builder/weights/tar.py), computed once, while
+    the file was downloaded."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root) / "v1"
-        for sub in ("sha256", "partial", "locks", "used"):
+        for sub in ("sha256", "partial", "locks", "used", "layers"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     def blob(self, sha256: str) -> Path:
@@ -64,8 +66,27 @@ class ContentCache:
     def touch(self, sha256: str) -> None:
         (self.root / "used" / sha256).touch()
 
+    def _layer_record(self, sha256: str, version: str) -> Path:
+        return self.root / "layers" / version / sha256
+
+    def layer(self, sha256: str, version: str) -> tuple[str, int] | None:
+        """(digest, size) of the blob's own layer in tar format `version`, if recorded."""
+        try:
+            digest, size = self._layer_record(sha256, version).read_text(encoding="ascii").split()
+            return digest, int(size)
+        except (OSError, ValueError):
+            return None
+
+    def record_layer(self, sha256: str, version: str, digest: str, size: int) -> None:
+        record = self._layer_record(sha256, version)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+        tmp.write_text(f"{digest} {size}\n", encoding="ascii")
+        os.replace(tmp, record)
+
     def evict(self, sha256: str) -> None:
-        for path in (self.blob(sha256), self.root / "used" / sha256):
+        records = list((self.root / "layers").glob(f"*/{sha256}"))
+        for path in (self.blob(sha256), self.root / "used" / sha256, *records):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 

@@ -25,7 +25,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,7 +165,7 @@ def is_weights_layer(created_by: str) -> bool:
 
 
 class Pusher(BlobUploads):
-    def __init__(self, client: RegistryClient, store: EngineLayers, settings: PushSettings = PushSettings(),
+    def __init__(self, client: RegistryClient, store: EngineLayers | None, settings: PushSettings = PushSettings(),
                  on_progress: Callable[[PushProgress], None] = lambda progress: None,
                  stop: threading.Event | None = None, state_dir: Path | None = None) -> None:
         self.client = client
@@ -177,10 +177,38 @@ class Pusher(BlobUploads):
         self.stats = PushStats()
         self._lock = threading.Lock()
         self._blobs: list[_Blob] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._early: list[Future] = []
+        self._path = ""
+        self._started = time.perf_counter()
         self._body_limit: int | None = None  # learnt from a 413: the largest request body that gets through
 
     # -- planning ----------------------------------------------------------------------------------
+    def code_blob(self, layer: LayerTar) -> _Blob:
+        """A layer of the code image, replayed from the engine's store: gzipped on the way (its
+        digest is known up front only when an earlier push remembered it)."""
+        known = self.state.gzip_of(layer.diff_id, self.settings.gzip_level)
+        return _Blob(LAYER_GZIP, layer, digest=known[0] if known else None, size=known[1] if known else None)
+
+    def present_blob(self, media_type: str, digest: str, size: int) -> _Blob:
+        """A blob the repository already holds (the engine pushed it): a HEAD confirms it."""
+        return _Blob(media_type, digest=digest, size=size)
+
+    def weights_blob(self, layer: Any) -> _Blob:
+        """A weights layer the builder made: uncompressed, its digest (= diff id) known up front."""
+        self.check_layer_size(layer.diff_id, layer.size)
+        return _Blob(LAYER_TAR, layer, digest=layer.diff_id, size=layer.size, weights=True)
+
+    def check_layer_size(self, diff_id: str, size: int) -> None:
+        if self.settings.max_layer_bytes and size > self.settings.max_layer_bytes:
+            raise RegistryError(
+                f"layer {diff_id[:19]} is {size / 1e9:.1f} GB, over the registry's largest layer "
+                f"({self.settings.max_layer_bytes / 1e9:.1f} GB): split the file or use another registry"
+            )
+
     def plan(self, image_id: str) -> tuple[bytes, list[_Blob]]:
+        """Every layer of an image in the engine's store (weights layers of the old layout too)."""
+        assert self.store is not None
         config = self.store.config(image_id)
         layers = self.store.layers(config)
         history = [h for h in json.loads(config).get("history") or [] if not h.get("empty_layer")]
@@ -202,18 +230,43 @@ class Pusher(BlobUploads):
 
     # -- the push ----------------------------------------------------------------------------------
     def push(self, name: str, tag: str, image_id: str) -> str:
-        """Push image `image_id` as name:tag; return the manifest digest."""
-        started = time.perf_counter()
-        path = self.client.ref.path(name)
+        """Push image `image_id` from the engine's layer store as name:tag; return the manifest digest."""
         config, layers = self.plan(image_id)
-        config_blob = _Blob(OCI_CONFIG, data=config, digest=image_id, size=len(config))
-        self._blobs = [config_blob, *layers]
-        self.stats.blobs = len(self._blobs)
-        self.stats.total_bytes = sum(b.size or (b.layer.size if b.layer else 0) for b in self._blobs)
-        order = sorted(self._blobs, key=lambda b: -(b.size or (b.layer.size if b.layer else 0)))
-        pool = ThreadPoolExecutor(max_workers=self.settings.parallel, thread_name_prefix="push")
+        return self.push_blobs(name, tag, config, layers)
+
+    def begin(self, name: str) -> None:
+        """Open the upload pool now, so blobs can go up (`send_early`) while the rest of the image
+        is still being made: weights layers while other files download."""
+        if self._pool is None:
+            self._started = time.perf_counter()
+            self._path = self.client.ref.path(name)
+            self._pool = ThreadPoolExecutor(max_workers=self.settings.parallel, thread_name_prefix="push")
+
+    def send_early(self, blob: _Blob) -> None:
+        assert self._pool is not None, "begin() first"
+        with self._lock:
+            self._blobs.append(blob)
+            self.stats.blobs += 1
+            self.stats.total_bytes += blob.size or (blob.layer.size if blob.layer else 0)
+        self._early.append(self._pool.submit(self._send, self._path, blob))
+
+    def push_blobs(self, name: str, reference: str | None, config: bytes, layers: list[_Blob]) -> str:
+        """Push the image made of `config` and `layers` (in order) as name:reference, or by its
+        digest alone (no tag) when `reference` is None; return the manifest digest. Blobs already
+        sent early are not sent again."""
+        self.begin(name)
+        assert self._pool is not None
+        path = self.client.ref.path(name)
+        config_blob = _Blob(OCI_CONFIG, data=config, digest=sha256(config), size=len(config))
+        early = {id(b) for b in self._blobs}
+        fresh = [b for b in [config_blob, *layers] if id(b) not in early]
+        with self._lock:
+            self._blobs.extend(fresh)
+            self.stats.blobs = len(self._blobs)
+            self.stats.total_bytes = sum(b.size or (b.layer.size if b.layer else 0) for b in self._blobs)
+        order = sorted(fresh, key=lambda b: -(b.size or (b.layer.size if b.layer else 0)))
         try:
-            futures = [pool.submit(self._send, path, blob) for blob in order]
+            futures = self._early + [self._pool.submit(self._send, path, blob) for blob in order]
             try:
                 finished, pending = wait(futures, return_when=FIRST_EXCEPTION)
             except KeyboardInterrupt:
@@ -227,7 +280,8 @@ class Pusher(BlobUploads):
                 real = [e for e in failed if not isinstance(e, PushStopped)]
                 raise real[0] if real else self._stopped()
         finally:
-            pool.shutdown(wait=True)
+            self._pool.shutdown(wait=True)
+            self._pool = None
         manifest = {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
@@ -235,11 +289,11 @@ class Pusher(BlobUploads):
             "layers": [{"mediaType": b.media_type, "digest": b.digest, "size": b.size} for b in layers],
         }
         body = json.dumps(manifest, separators=(",", ":")).encode()
-        digest = self.client.put_manifest(name, tag, body, OCI_MANIFEST)
+        digest = self.client.put_manifest(name, reference or sha256(body), body, OCI_MANIFEST)
         found = self.client.manifest(name, digest)
         if found is None or sha256(found[0]) != digest:
             raise RegistryError(f"{self.client.ref.repository(name)}@{digest} is not in the registry after the push: check its logs")
-        self.stats.seconds = round(time.perf_counter() - started, 2)
+        self.stats.seconds = round(time.perf_counter() - self._started, 2)
         self._report()
         return digest
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from builder.fetch.cache import ContentCache, sha256_of
 from builder.fetch.engine import FetchEngine
+from builder.fetch.markers import parse_attempt
 from builder.fetch.plan import OFFICIAL_HUB, Attempt, FetchConfig, FetchedFile, Mirror, PlannedFile
 
 __all__ = [
@@ -46,5 +47,6 @@ __all__ = [
     "FetchedFile",
     "Mirror",
     "PlannedFile",
+    "parse_attempt",
     "sha256_of",
 ]

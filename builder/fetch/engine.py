@@ -281,6 +281,9 @@ class FetchEngine:
     def _cached(self, item: PlannedFile) -> FetchedFile | None:
         if item.sha256 is None or not self.cache.has(item.sha256):
             return None
+        if not self.cache.check(item.sha256):
+            self.log(f"cache entry {item.sha256[:16]}… for {item.dest} was corrupt: fetching again")
+            return None
         self.cache.touch(item.sha256)
         self.on_attempt(Attempt(self.model, item.repo_id, item.revision, item.path, "cache", 0, 0.0, "cached"))
         return FetchedFile(item.dest, item.sha256, self.cache.blob(item.sha256).stat().st_size, 0.0, False, "cache")
@@ -288,7 +291,7 @@ class FetchEngine:
     def fetch_one(self, item: PlannedFile) -> FetchedFile:
         """Get item into the cache from the first mirror that serves it correctly."""
         with self.cache.locked(item.key, shared=True):
-            hit = self._cached(item)
+            hit = self._cached(item) if item.sha256 is None or self.cache.unchanged(item.sha256) else None
         if hit is not None:
             return hit
         errors: list[tuple[Mirror, BuilderError]] = []

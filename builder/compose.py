@@ -33,8 +33,8 @@ from builder.weights.tar import stream_archive
 # OnBuild, Shell); the rest of what inspect shows is container state.
 _RUNTIME_KEYS = ("User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir", "Labels", "StopSignal",
                  "ArgsEscaped", "Healthcheck", "OnBuild", "Shell")
-_METADATA = ("ENV", "LABEL", "ARG", "USER", "WORKDIR", "EXPOSE", "CMD", "ENTRYPOINT", "HEALTHCHECK", "STOPSIGNAL",
-             "SHELL", "ONBUILD", "VOLUME", "MAINTAINER")
+# Steps that may make a layer even when it holds no bytes (the engine's history then says size 0).
+_MAY_MAKE_LAYER = ("RUN", "COPY", "ADD", "WORKDIR")
 WEIGHTS_COMMENT = "builder.weights.v1"
 
 
@@ -52,6 +52,16 @@ class CodeImage:
     marker: int  # index in history of the marked step
 
 
+def _instruction(step: dict[str, Any]) -> str:
+    text = (step.get("CreatedBy") or "").strip()
+    if "#(nop)" in text:  # the legacy builder's metadata step: `/bin/sh -c #(nop)  CMD [...]`
+        return text.split("#(nop)", 1)[1].split(None, 1)[0].upper() if text.split("#(nop)", 1)[1].strip() else ""
+    if text.startswith("|"):  # `|1 ARG=value /bin/sh -c ...`: BuildKit's RUN with build arguments
+        return "RUN"
+    word = text.split(" ", 1)[0].upper()
+    return "RUN" if word == "/BIN/SH" else word
+
+
 def _rfc3339(seconds: int | float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(seconds)))
 
@@ -64,10 +74,14 @@ def read_code_image(docker: Docker, image_id: str) -> CodeImage:
     if marker is None:
         raise DockerError(f"the code image {image_id[:19]} has no `{WEIGHTS_MARKER}` step: it was not built from a "
                           "template of this builder (render it again with `python -m builder render`)")
+    # Above the marker the template has only steps that always make a layer (COPY of files) and
+    # metadata: the layers above are exactly the steps there with bytes.
     above = sum(1 for step in steps[marker + 1:] if (step.get("Size") or 0) > 0)
+    unsure = [step for step in steps[marker + 1:] if not step.get("Size") and _instruction(step) in _MAY_MAKE_LAYER]
     split = len(diff_ids) - above
-    if split < 0 or above > len(diff_ids):
-        raise DockerError(f"the code image {image_id[:19]}'s history does not match its layers")
+    if unsure or split < 0:
+        raise DockerError(f"the code image {image_id[:19]} has steps above `{WEIGHTS_MARKER}` whose layers cannot be "
+                          "told apart (an empty COPY, a WORKDIR): keep only COPY of files and metadata above it")
     history = _history(steps, marker, split)
     platform = {"architecture": attrs.get("Architecture") or "amd64", "os": attrs.get("Os") or "linux"}
     if attrs.get("Variant"):
@@ -80,15 +94,15 @@ def read_code_image(docker: Docker, image_id: str) -> CodeImage:
 
 def _history(steps: list[dict[str, Any]], marker: int, below: int) -> list[dict[str, Any]]:
     """The image config's history from the API's: which steps made a layer is read from their
-    sizes (a step with bytes made one); where steps of zero bytes made layers too, the first
-    steps that are not metadata instructions are counted as those (only the labels differ)."""
+    sizes (a step with bytes made one); where steps of zero bytes made layers too (BuildKit makes
+    one for a RUN that changes nothing), the last such steps that can make one are counted as
+    those. Only the history's labels depend on that guess, never which layer is which."""
     layered = [(step.get("Size") or 0) > 0 for step in steps]
     missing = below - sum(layered[: marker + 1])
-    for i in range(marker + 1):
+    for i in range(marker, -1, -1):
         if missing <= 0:
             break
-        instruction = (steps[i].get("CreatedBy") or "").split(" ", 1)[0].upper()
-        if not layered[i] and instruction not in _METADATA:
+        if not layered[i] and _instruction(steps[i]) in _MAY_MAKE_LAYER:
             layered[i], missing = True, missing - 1
     history = []
     for step, made_layer in zip(steps, layered):

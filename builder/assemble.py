@@ -125,3 +125,58 @@ def push_image(upload: Upload, reference: str | None, config: bytes, code: CodeI
         f"already there, {stats.mounted} mounted from other repositories"
         + (f", {stats.resumed_bytes / 1e9:.2f} GB not sent again (resumed)" if stats.resumed_bytes else ""))
     return digest
+
+
+class BlobStream:
+    """A blob written in order, as its bytes arrive, into one upload session: PATCHes of the
+    registry's chunk size, the last with the final PUT that names the digest. Nothing is
+    committed unless `commit` is called; `abort` cancels the session."""
+
+    def __init__(self, upload: Upload) -> None:
+        self.upload = upload
+        self.path = upload.client.ref.path(upload.name)
+        self.location: str | None = None
+        self.chunk = 0
+        self.offset = 0
+        self.buffer = bytearray()
+
+    def _open(self) -> None:
+        location, headers = self.upload.client.start_upload(self.path)
+        assert location is not None
+        self.location = location
+        self.chunk = max(self.upload.pusher._chunk_limit(), int(headers.get("OCI-Chunk-Min-Length") or 0))
+
+    def write(self, data: bytes) -> None:
+        if self.location is None:
+            self._open()
+        self.buffer += data
+        while len(self.buffer) >= self.chunk:
+            self._send(bytes(self.buffer[: self.chunk]))
+            del self.buffer[: self.chunk]
+
+    def _send(self, piece: bytes) -> None:
+        assert self.location is not None
+        self.location = self.upload.client.patch(self.path, self.location, piece, self.offset, len(piece))
+        self.offset += len(piece)
+        self.upload.pusher._advance_stream(len(piece))
+
+    def commit(self, digest: str, size: int) -> None:
+        if self.location is None:
+            self._open()
+        if self.buffer:
+            self._send(bytes(self.buffer))
+            self.buffer.clear()
+        if self.offset != size:
+            self.abort()
+            raise RegistryError(f"sent {self.offset} bytes of a {size}-byte layer: the stream broke off")
+        self.upload.client.finish(self.path, self.location, digest)  # type: ignore[arg-type]
+
+    def abort(self) -> None:
+        self.buffer.clear()
+        if self.location is not None:
+            try:  # the distribution spec's cancel; a registry that cannot forgets it in time
+                self.upload.client.request("DELETE", self.location, self.upload.client._scopes(self.path, True),
+                                           retry=False)
+            except RegistryError:
+                pass
+            self.location = None

@@ -42,6 +42,7 @@ from builder.render import DEFAULT_PORT, RenderOptions, layer_limit_problems, wr
 from builder.smoke import require_pass, run_smoke, smoke_summary
 from builder.weights import SMALL, WeightsLayer, WeightsPlan, frames, smoke_mounts, weights_layers, weights_plan
 from builder.weights.layers import file_layer
+from builder.weights.tar import FORMAT_VERSION
 
 Say = Callable[[str], None]
 
@@ -161,6 +162,8 @@ class Build:
     config: bytes = b""
     image_id: str = ""
     layers: list[dict[str, Any]] | None = None
+    elsewhere: dict[str, tuple[str, int]] = field(default_factory=dict)  # streamed: sha256 -> layer digest, size
+    stream_error: BaseException | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     ledger_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -237,7 +240,7 @@ def _stages(build: Build) -> BuildResult:
         "builds the code image")
     code_id = _fetch_and_build_code(build)
     downloaded = sum(a.bytes for a in build.attempts if a.outcome in ("ok", "retry", "failed"))
-    build.weights = weights_layers(build.services.cache(), build.plan, build.fetched)
+    build.weights = weights_layers(build.services.cache(), build.plan, build.fetched, build.elsewhere)
     build.code = read_code_image(build.docker, code_id)
     build.config = compose_config(build.code, build.weights)
     build.image_id = image_id_of(build.config)
@@ -319,8 +322,71 @@ def _fetch(build: Build) -> None:
 
     engine = FetchEngine(build.fetch_config, build.token, cache, plan.model, log=lambda line: build.say(SECRETS(line)),
                          on_attempt=on_attempt, frames=frames(plan), store_credentials=credentials)
-    engine.check_space(engine.missing_bytes(list(plan.files)))
-    build.fetched = engine.fetch(list(plan.files), on_fetched=lambda item, got: _send_early(build, cache, item, got))
+    to_cache = list(plan.files)
+    streams = None
+    if build.options.assemble_only and build.upload is not None:
+        to_cache, streamed = _streamed_or_cached(build, cache)
+        streams = threading.Thread(target=_stream_all, args=(build, engine, streamed), name="streams", daemon=True)
+        streams.start()
+    engine.check_space(engine.missing_bytes(to_cache))
+    try:
+        build.fetched.update(engine.fetch(to_cache, on_fetched=lambda item, got: _send_early(build, cache, item, got)))
+    finally:
+        if streams is not None:
+            streams.join()
+    if build.stream_error is not None:
+        raise build.stream_error
+
+
+def _streamed_or_cached(build: Build, cache: ContentCache) -> tuple[list[PlannedFile], list[PlannedFile]]:
+    """For --assemble-only: the large files that are neither in the cache nor (by their recorded
+    layer digest) in the registry go from the mirror to the registry without touching the disk;
+    those the registry holds need nothing; the rest go through the cache as usual."""
+    to_cache, streamed = [], []
+    upload = build.upload
+    assert upload is not None
+    for item in build.plan.files:
+        if item.layer == SMALL or item.sha256 is None or cache.has(item.sha256):
+            to_cache.append(item)
+            continue
+        known = cache.layer(item.sha256, FORMAT_VERSION)
+        if known is not None and upload.client.blob_size(upload.client.ref.path(upload.name), known[0]) is not None:
+            build.elsewhere[item.sha256] = known
+            build.fetched[item.key] = FetchedFile(item.dest, item.sha256, item.size or 0, 0.0, True, "registry")
+            build.say(f"{item.dest}: its layer {known[0][:19]} is in the registry already: not fetched")
+        elif not any(s.sha256 == item.sha256 for s in streamed):
+            streamed.append(item)
+    return to_cache, streamed
+
+
+def _stream_all(build: Build, engine: FetchEngine, items: list[PlannedFile]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from builder.assemble import BlobStream
+    from builder.fetch.stream import stream_file
+    from builder.weights.tar import file_layer_frame
+
+    def one(item: PlannedFile) -> None:
+        frame = file_layer_frame(str(build.plan.blob_path(item.sha256)).lstrip("/"), item.size)  # type: ignore[arg-type]
+        done = stream_file(engine, item, frame, BlobStream(build.upload))  # type: ignore[arg-type]
+        build.services.cache().record_layer(done.sha256, FORMAT_VERSION, done.layer_digest, done.layer_size)
+        with build.lock:
+            build.elsewhere[done.sha256] = (done.layer_digest, done.layer_size)
+            for other in build.plan.files:
+                if other.sha256 == done.sha256:
+                    build.fetched[other.key] = FetchedFile(other.dest, done.sha256, done.size, 0.0, True, "stream")
+
+    stop = threading.Event()
+    threading.Thread(target=engine.progress.report_every, args=(build.fetch_config.progress_seconds, engine.log, stop),
+                     daemon=True).start()
+    try:
+        with ThreadPoolExecutor(max_workers=build.fetch_config.concurrency, thread_name_prefix="stream") as pool:
+            for future in [pool.submit(one, item) for item in items]:
+                future.result()
+    except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+        build.stream_error = exc
+    finally:
+        stop.set()
 
 
 def _send_early(build: Build, cache: ContentCache, item: PlannedFile, got: FetchedFile) -> None:

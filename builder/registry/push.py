@@ -297,6 +297,12 @@ class Pusher(BlobUploads):
         self._report()
         return digest
 
+    def _advance_stream(self, count: int) -> None:
+        """Bytes of a weights layer streamed from a mirror (builder/assemble.BlobStream)."""
+        with self._lock:
+            self.stats.sent_bytes += count
+            self.stats.weight_bytes_sent += count
+
     def _stopped(self) -> PushStopped:
         left = self.stats.total_bytes - sum(b.done for b in self._blobs)
         return PushStopped(

@@ -92,9 +92,13 @@ def small_layer(cache: ContentCache, plan: WeightsPlan, fetched: dict[str, Fetch
     return layer
 
 
-def weights_layers(cache: ContentCache, plan: WeightsPlan, fetched: dict[str, FetchedFile]) -> list[WeightsLayer]:
-    """The plan's layers, in the plan's order, from the cache. Every file must be in it."""
-    missing = [item.dest for item in plan.files if item.key not in fetched or not cache.has(fetched[item.key].sha256)]
+def weights_layers(cache: ContentCache, plan: WeightsPlan, fetched: dict[str, FetchedFile],
+                   elsewhere: dict[str, tuple[str, int]] | None = None) -> list[WeightsLayer]:
+    """The plan's layers, in the plan's order, from the cache. Every file must be in it, but the
+    large ones `elsewhere` names (sha256 -> their layer's digest and size, held by the registry)."""
+    elsewhere = elsewhere or {}
+    missing = [item.dest for item in plan.files if item.key not in fetched
+               or not (cache.has(fetched[item.key].sha256) or fetched[item.key].sha256 in elsewhere)]
     if missing:
         raise DownloadError(f"{plan.model}: {', '.join(missing[:3])} left the weights cache during the build: build again")
     layers = []
@@ -103,7 +107,9 @@ def weights_layers(cache: ContentCache, plan: WeightsPlan, fetched: dict[str, Fe
             layers.append(WeightsLayer(SMALL, small_layer(cache, plan, fetched), planned.files))
         else:
             sha = planned.name.removeprefix("sha256-")
-            layers.append(WeightsLayer(planned.name, file_layer(cache, plan, sha), planned.files))
+            blob = TarBlob.elsewhere(*elsewhere[sha]) if sha in elsewhere and not cache.has(sha) else \
+                file_layer(cache, plan, sha)
+            layers.append(WeightsLayer(planned.name, blob, planned.files))
     return layers
 
 

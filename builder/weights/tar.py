@@ -104,6 +104,14 @@ class TarBlob:
         self.size = sum(p.size for p in pieces)
         self._diff_id = diff_id
 
+    @classmethod
+    def elsewhere(cls, diff_id: str, size: int) -> "TarBlob":
+        """A layer known by its digest and size whose bytes are not on this host (the registry
+        holds them: a file streamed there without touching the disk)."""
+        blob = cls([], diff_id)
+        blob.size = size
+        return blob
+
     @property
     def diff_id(self) -> str:
         """sha256 of the tar (= the blob digest, uncompressed): given, or computed by reading it once."""
@@ -115,6 +123,8 @@ class TarBlob:
         return self._diff_id
 
     def read(self, start: int = 0, end: int | None = None, block: int = READ) -> Iterator[bytes]:
+        if not self.pieces and self.size:
+            raise OSError(f"layer {self._diff_id} is not on this host: its bytes went straight to the registry")
         end = self.size if end is None else min(end, self.size)
         offset = 0
         for piece in self.pieces:

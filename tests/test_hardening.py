@@ -123,15 +123,23 @@ def test_bounds_are_enforced_and_the_hard_limits_still_hold(hardened_server: str
 
 # -- the body limit ---------------------------------------------------------------------------------
 def _exchange(url: str, head: str, body: bytes) -> str:
-    """Send a request's head and these body bytes, and nothing more; read the answer until the
-    server closes. A server that waited for the rest of the body would time this out."""
+    """Send a request's head and these body bytes, and nothing more; read the whole answer (its
+    Content-Length) while the rest of the body is still owed. A server that waited for the rest
+    of the body before answering would time this out."""
     parts = urlsplit(url)
     with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
         sock.sendall(head.encode() + body)
         answer = b""
-        while chunk := sock.recv(65536):
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _length(answer):
+            chunk = sock.recv(65536)
+            assert chunk, f"the server closed before its whole answer: {answer!r}"
             answer += chunk
     return answer.decode()
+
+
+def _length(answer: bytes) -> int:
+    head = answer.partition(b"\r\n\r\n")[0].decode().lower()
+    return next(int(line.split(":", 1)[1]) for line in head.splitlines() if line.startswith("content-length:"))
 
 
 def test_a_declared_body_over_the_limit_is_413_before_it_is_read(hardened_server: str) -> None:

@@ -108,6 +108,39 @@ def test_promoting_a_version_that_is_not_in_the_registry_is_one_line(lifecycle) 
     assert error_line(proc) == f"error: {lifecycle['registry']}/{lifecycle['name']}:9.9.9 is not in the registry: build and push it first"
 
 
+def proxied_client(life: dict, proxy) -> RegistryClient:
+    """A registry client whose every request goes through `proxy` (which logs method and URL)."""
+    import requests
+
+    session = requests.Session()
+    session.trust_env = False  # NO_PROXY must not route around the proxy
+    session.proxies = {"http": proxy.url()}
+    return RegistryClient(RegistryRef.parse(life["registry"]), session=session)
+
+
+def test_the_production_history_is_read_by_head_not_get(lifecycle) -> None:
+    """Docker Hub counts each manifest GET as a pull and a HEAD as none: reading the history (for
+    every deploy's gate, every rollback and prune) must not spend the pull allowance."""
+    from builder.promote import stage_history
+    from tests.forward_proxy import ForwardProxy
+
+    set_approval(lifecycle, APPROVAL)
+    digests = [version(lifecycle, v) for v in ("1.0.0", "1.1.0", "1.2.0")]
+    for v in ("1.0.0", "1.1.0", "1.2.0"):
+        assert cli(lifecycle, "promote", lifecycle["name"], v, "--to", "production").returncode == 0
+    with ForwardProxy() as proxy:
+        history = stage_history(proxied_client(lifecycle, proxy), lifecycle["name"], "production")
+    assert [entry.digest for entry in history] == digests[::-1]
+    asked = [(r.method, r.target.rsplit("/", 1)[-1]) for r in proxy.log if "/manifests/" in r.target]
+    assert sorted(asked) == sorted(("HEAD", entry.tag) for entry in history)  # one HEAD each, no GET
+    # A registry whose HEAD answer carries no digest: then, and only then, a GET.
+    with ForwardProxy(drop_on_head=frozenset({"docker-content-digest"})) as bare:
+        again = stage_history(proxied_client(lifecycle, bare), lifecycle["name"], "production")
+    assert [entry.digest for entry in again] == digests[::-1]
+    methods = sorted(r.method for r in bare.log if "/manifests/" in r.target)
+    assert methods == ["GET"] * 3 + ["HEAD"] * 3
+
+
 # -- deploy and rollback -------------------------------------------------------------------------
 @pytest.fixture
 def runpod_env(lifecycle):

@@ -115,7 +115,14 @@ def template_ports(like: dict[str, Any] | None, env: dict[str, str], mode: str) 
     old = (like or {}).get("ports") or ""
     if mode != "http":
         return old
-    return ports_for(old, int(env["PORT"]), int(env.get("PORT_HEALTH") or env["PORT"]))
+    ports = []
+    for name in ("PORT", "PORT_HEALTH"):
+        value = env.get(name) or env["PORT"]
+        if not value.isdigit() or not 0 < int(value) < 65536:
+            raise InputError(f"the endpoint's template sets {name}={value!r}: set it to a port number "
+                             "(or remove it) in the RunPod console, then deploy again")
+        ports.append(int(value))
+    return ports_for(old, *ports)
 
 
 def template_name(plan: Plan, now: dt.datetime | None = None) -> str:

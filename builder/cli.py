@@ -643,16 +643,58 @@ def prune(name: str, keep: int, older_than: float, yes: bool, registry: str | No
 
 
 @cli.command()
-@click.option("--base", required=True, help="Git revision to compare with (the PR base, or the previous push).")
+@click.option("--keep", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Newest versions of each model whose images stay on this host.")
+@click.option("--cache-hours", type=click.FloatRange(min=0), default=72, show_default=True,
+              help="Build cache unused for this long goes (never the weights or pip cache mounts).")
+@_registry_option
+@click.option("--json", "as_json", is_flag=True, help="What was removed and freed, as JSON.")
+@click.pass_context
+def tidy(ctx: click.Context, keep: int, cache_hours: float, registry: str | None, as_json: bool) -> None:
+    """Free this build host's disk for the next build: old model images, dangling images, stale
+    build cache; never a base image, the newest --keep versions or the weights cache."""
+    from builder.docker import Docker
+    from builder.errors import InputError
+    from builder.tidy import base_images, tidy as free_disk
+
+    if not registry:
+        raise InputError("no registry: pass --registry HOST[:PORT][/NAMESPACE] or set BUILDER_REGISTRY "
+                         "(the model images to keep or remove are the ones under it)")
+    project = _project(ctx)
+    report = free_disk(Docker.connect().client, registry, keep, base_images(project.manifests_dir), cache_hours)
+    if as_json:
+        click.echo(json.dumps({"removed": report.removed, "kept": report.kept, "held": report.held,
+                               "image_bytes": report.image_bytes, "cache_bytes": report.cache_bytes}))
+        return
+    for tag in report.removed:
+        click.echo(f"removed {tag}")
+    for tag in report.held:
+        click.echo(f"in use, kept {tag}")
+    click.echo(f"freed {report.freed / 1e9:.2f} GB (images {report.image_bytes / 1e9:.2f} GB, build cache "
+               f"{report.cache_bytes / 1e9:.2f} GB); kept {len(report.kept)} model images, the bases and the "
+               "weights cache")
+
+
+@cli.command()
+@click.option("--base", help="Git revision to compare with (a pull request's base).")
 @click.option("--head", default="HEAD", show_default=True)
+@click.option("--unbuilt", is_flag=True, help="Instead of --base: the manifests whose version the registry lacks "
+                                               "(what main still has to build, whatever runs were cancelled).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out manifests whose name matches.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON list (for a CI matrix).")
+@_registry_option
 @click.pass_context
-def changed(ctx: click.Context, base: str, head: str, exclude: tuple[str, ...], as_json: bool) -> None:
-    """The manifests a change affects: all of them when builder/, templates/ or server/ changed."""
-    from builder.changed import affected
+def changed(ctx: click.Context, base: str | None, head: str, unbuilt: bool, exclude: tuple[str, ...], as_json: bool,
+            registry: str | None) -> None:
+    """The manifests to build: those a change affects (--base; all of them when builder/, templates/
+    or server/ changed), or those whose version is not in the registry yet (--unbuilt)."""
+    from builder.changed import affected, unbuilt as not_built
+    from builder.errors import InputError
 
-    names = affected(_project(ctx).root, base, head, exclude)
+    if unbuilt == (base is not None):
+        raise InputError("pass --base REF (what a change affects) or --unbuilt (what the registry lacks), one of them")
+    root = _project(ctx).root
+    names = not_built(root, _registry_client(registry), exclude) if unbuilt else affected(root, base, head, exclude)
     click.echo(json.dumps(names) if as_json else "\n".join(names))
 
 

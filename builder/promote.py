@@ -55,15 +55,16 @@ class StageEntry:
 
 
 def stage_history(client: RegistryClient, name: str, stage: str = "production") -> list[StageEntry]:
-    """Every promotion to stage, newest first."""
+    """Every promotion to stage, newest first. One HEAD per history tag (the digest is all it
+    needs): on Docker Hub a manifest GET counts against the pull rate limit, a HEAD does not."""
     entries = []
     for tag in client.tags(name):
         match = _HISTORY.match(tag)
         if match and match.group(1) == stage:
-            image = client.image(name, tag)
-            if image is not None:
+            digest = client.manifest_digest(name, tag)
+            if digest is not None:
                 at = dt.datetime.strptime(match.group(2), _TIME).replace(tzinfo=dt.timezone.utc)
-                entries.append(StageEntry(stage, at, tag, image.digest))
+                entries.append(StageEntry(stage, at, tag, digest))
     return sorted(entries, key=lambda e: e.at, reverse=True)
 
 

@@ -1,7 +1,11 @@
 """What stands between a hostile request and the model, in front of the predict route.
 
 - BodyLimit (pure ASGI): a Content-Length over the limit is answered 413 before a byte of the
-  body is read; a streamed (chunked) body is counted as it arrives and cut off at the limit.
+  body is read; a streamed (chunked) body is counted as it arrives and cut off at the limit. Then
+  the connection closes the way nginx closes one (lingering close): the 413 goes out whole, and
+  what the client still sends is read and dropped (at most LINGER_BYTES, LINGER_SECONDS in all,
+  LINGER_IDLE_SECONDS without a byte) before the close. Closing with unread bytes makes the kernel
+  send a reset, and a client that sends its whole body before reading (urllib) loses the 413.
 - StrictJSONRoute: the body is parsed as strict JSON (UTF-8, no NaN or Infinity, no number of
   thousands of digits, a nesting the parser survives); each failure is a 422, never a 500.
 - problems(): validation errors as field and rule, never the value that broke them (a prompt,
@@ -10,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -22,6 +27,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 MAX_PROBLEMS = 5
 MAX_FIELD_CHARS = 64  # an unknown field's name is the caller's text too: never echo much of it
 MAX_MESSAGE_CHARS = 200
+# nginx's lingering close (http://nginx.org/en/docs/http/ngx_http_core_module.html#lingering_close):
+# lingering_time 30s, lingering_timeout 5s; and a byte bound, so a client cannot hold the
+# connection by sending forever.
+LINGER_BYTES = 64 << 20
+LINGER_SECONDS = 30.0
+LINGER_IDLE_SECONDS = 5.0
 
 
 class BodyTooLarge(HTTPException):
@@ -48,22 +59,59 @@ class BodyLimit:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.limit:
-            # Answered unread; `Connection: close` because the client may still be sending.
-            response = JSONResponse({"detail": too_large(self.limit)}, status_code=413, headers={"Connection": "close"})
-            await response(scope, receive, send)
+            # Answered unread (no `100 Continue` goes out: a client that waits for one sends nothing).
+            body = json.dumps({"detail": too_large(self.limit)}).encode()
+            await send({"type": "http.response.start", "status": 413, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            await linger(receive)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         seen = 0
+        over = False
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                if seen > self.limit and message.get("more_body", False):
+                    over = True  # the rest is still coming: the answer's close must linger
                 if seen > self.limit:
                     raise BodyTooLarge(self.limit)
             return message
 
-        await self.app(scope, counted, send)
+        async def answering(message: Message) -> None:
+            # The 413 that BodyTooLarge became: its last part waits until the rest of the body is read.
+            if over and message["type"] == "http.response.body" and not message.get("more_body", False):
+                await send({**message, "more_body": True})
+                await linger(receive)
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app(scope, counted, answering)
+
+
+async def linger(receive: Receive) -> None:
+    """Read and drop the rest of the request body, within the bounds above; the server closes the
+    connection once the response ends."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LINGER_SECONDS
+    dropped = 0
+    while dropped < LINGER_BYTES:
+        left = deadline - loop.time()
+        if left <= 0:
+            return
+        try:
+            message = await asyncio.wait_for(receive(), min(left, LINGER_IDLE_SECONDS))
+        except asyncio.TimeoutError:
+            return
+        if message["type"] != "http.request":  # the client went away
+            return
+        dropped += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 def _content_length(scope: Scope) -> int | None:

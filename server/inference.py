@@ -4,8 +4,9 @@ handler (server/queue_worker.py). One model in memory, loaded once.
 Health is a small state machine: `loading` -> `ready`, or `failed` with the reason.
 One inference runs at a time (one worker thread: one model, one GPU); up to `max_queue` callers
 wait, the rest are refused at once (Busy). A caller that cannot finish within `request_timeout`
-is refused (TimedOut), and the model stays busy until that inference really ends; one whose own
-estimated time (server/estimate.py) exceeds the time it has left is refused before it runs. A
+is refused (TimedOut), and the model stays busy until that inference really ends; one that will
+very likely take longer than the time it has left (a lower bound from server/estimate.py, fitted
+on the finished inferences but the first, which carries the warm-up) is refused before it runs. A
 GPU out-of-memory error frees what it can and refuses that request only (OutOfMemory): the next
 one is served. Every outcome other than an output is an exception from server/errors.py that
 each front door maps to its own answer.
@@ -32,6 +33,10 @@ from server.schemas import REQUEST_OF_TASK, RESPONSE_OF_TASK, TextToImageRequest
 from server.settings import Settings
 from server.spec import ModelSpec
 
+# The first inference after the load pays for the warm-up (CUDA context, kernel selection, lazy
+# allocations): it says nothing about the next ones' cost, so the estimate never learns from it.
+WARMUP_INFERENCES = 1
+
 
 @dataclass
 class ModelState:
@@ -41,6 +46,7 @@ class ModelState:
     load_seconds: float | None = None
     pending: int = 0  # requests inside predict: the one running plus those waiting
     last_seconds: float | None = None  # the last inference's duration (None before the first)
+    finished: int = 0  # inferences that ended with an output
 
 
 @dataclass(frozen=True)
@@ -131,12 +137,15 @@ class Inference:
         return Result(output, waited)
 
     def _refuse_if_too_long(self, units: float | None, remaining: float) -> None:
-        estimate = self.rate.estimate(units)
-        if estimate is not None and estimate > remaining:
+        """Only a clear case: the fit's lower bound, not its estimate, past the time left."""
+        fitted = self.rate.fit()
+        low = fitted.lower_bound(units) if fitted is not None and units is not None else None
+        if low is not None and low > remaining:
             timeout = self.settings.request_timeout
-            raise TimedOut(f"refused before running: this request would take about {estimate:.0f}s "
-                           f"({units:.6g} work units at the rate measured so far), more than the {remaining:.0f}s "
-                           f"left of the {timeout:g}s limit (BUILDER_REQUEST_TIMEOUT): ask for less work")
+            raise TimedOut(f"refused before running: this request would take at least {low:.0f}s "
+                           f"({units:.6g} work units at the rate of the last {fitted.samples} inferences), more than "
+                           f"the {remaining:.0f}s left of the {timeout:g}s limit (BUILDER_REQUEST_TIMEOUT): "
+                           "ask for less work")
 
     async def _start(self, predictor: Predictor, request: BaseModel, units: float | None, remaining: float,
                      gone: Callable[[], Awaitable[bool]] | None) -> asyncio.Future:
@@ -160,8 +169,9 @@ class Inference:
             if not done.cancelled() and done.exception() is None:
                 seconds = done.result().inference_seconds
                 self.state.last_seconds = seconds
+                self.state.finished += 1
                 self.metrics.inference.observe(seconds)
-                if units is not None:
+                if units is not None and self.state.finished > WARMUP_INFERENCES:
                     self.rate.observe(units, seconds)
             loop.call_soon_threadsafe(self._gate.release)
 

@@ -1,6 +1,7 @@
 """A real forward proxy for tests: absolute-URI requests and CONNECT tunnels, optionally behind
 TLS (an `https://` proxy) and optionally demanding credentials (407 otherwise), with a log of
-what it was asked. Also a TLS front for a plain-http server (an `https://` origin), and a
+what it was asked (which is how a test counts a client's GETs and HEADs); it can leave out
+response headers to HEAD requests, as a registry that answers HEAD without a digest does. Also a TLS front for a plain-http server (an `https://` origin), and a
 throwaway certificate authority to sign both (cryptography, a test dependency)."""
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class ProxyRequest:
 @dataclass
 class _State:
     credentials: tuple[str, str] | None
+    drop_on_head: frozenset[str] = frozenset()  # response headers (lower case) left out of HEAD answers
     log: list[ProxyRequest] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -155,7 +157,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         response = upstream.getresponse()
         self.send_response(response.status, response.reason)
         for key, value in response.getheaders():
-            if key.lower() not in _HOP_BY_HOP:
+            dropped = self.command == "HEAD" and key.lower() in self.state.drop_on_head
+            if key.lower() not in _HOP_BY_HOP and not dropped:
                 self.send_header(key, value)
         self.end_headers()
         while self.command != "HEAD" and (chunk := response.read(256 * 1024)):
@@ -179,8 +182,9 @@ class _Server(ThreadingHTTPServer):
 class ForwardProxy:
     """with ForwardProxy(credentials=("user", "pw"), tls=ca) as proxy: proxy.url(...)"""
 
-    def __init__(self, credentials: tuple[str, str] | None = None, tls: CertificateAuthority | None = None) -> None:
-        self.state = _State(credentials)
+    def __init__(self, credentials: tuple[str, str] | None = None, tls: CertificateAuthority | None = None,
+                 drop_on_head: frozenset[str] = frozenset()) -> None:
+        self.state = _State(credentials, drop_on_head)
         handler = type("Handler", (_ProxyHandler,), {"state": self.state})
         self._server = _Server(("127.0.0.1", 0), handler)
         self._server.tls = tls.server_context() if tls else None

@@ -93,3 +93,34 @@ def test_the_cli_prints_a_json_matrix(repo: Path) -> None:
     result = run_builder(["--root", str(repo), "changed", "--base", base, "--json"], {"PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == ["b", "c"]
+
+
+# -- --unbuilt: what the registry lacks (issue 22) ---------------------------------------------------
+def test_unbuilt_lists_the_manifests_whose_version_the_registry_lacks(tmp_path: Path, registry: str,
+                                                                      demo_manifest_data: dict) -> None:
+    from builder.changed import unbuilt
+    from builder.registry import RegistryClient, RegistryRef
+    from tests.conftest import push_fake_image, unique_name
+
+    import yaml
+
+    root = tmp_path / "project"
+    (root / "manifests").mkdir(parents=True)
+    for name, version in (("a", "1.0.0"), ("b", "2.0.0"), ("c", "1.0.0")):
+        (root / "manifests" / f"{name}.yaml").write_text(
+            yaml.safe_dump({**demo_manifest_data, "name": name, "version": version}, sort_keys=False))
+    namespace = f"{registry}/{unique_name('unbuilt')}"
+    push_fake_image(namespace, "a", "1.0.0", "1.0.0", "2026-11-01T00:00:00Z")
+    push_fake_image(namespace, "b", "1.0.0", "1.0.0", "2026-11-01T00:00:00Z")  # an older version: 2.0.0 is not built
+    client = RegistryClient(RegistryRef.parse(namespace))
+    assert unbuilt(root, client) == ["b", "c"]
+    assert unbuilt(root, client, exclude=("c",)) == ["b"]
+
+
+def test_changed_takes_base_or_unbuilt(repo: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    for args in ([], ["--base", "HEAD", "--unbuilt"]):
+        proc = run_builder(["--root", str(repo), "changed", *args], env)
+        assert proc.returncode == 2
+        assert proc.stderr.strip() == "error: pass --base REF (what a change affects) or --unbuilt (what the registry " \
+                                      "lacks), one of them"

@@ -205,6 +205,7 @@ def test_a_pod_restarts_on_the_new_image_and_serves_on_its_port(released: dict, 
     assert_png(answer.content)
     assert version_served(pod) == "1.1.0"
     assert stand_in.state.pods["pod-1"].image == f"{repo}@{digests['1.1.0']}"
+    assert stand_in.state.credentials_seen == []  # the deploy asked the pod without the account's key
 
 
 def test_an_image_whose_loader_fails_is_rolled_back_and_the_old_one_serves_throughout(

@@ -123,15 +123,23 @@ def test_bounds_are_enforced_and_the_hard_limits_still_hold(hardened_server: str
 
 # -- the body limit ---------------------------------------------------------------------------------
 def _exchange(url: str, head: str, body: bytes) -> str:
-    """Send a request's head and these body bytes, and nothing more; read the answer until the
-    server closes. A server that waited for the rest of the body would time this out."""
+    """Send a request's head and these body bytes, and nothing more; read the whole answer (its
+    Content-Length) while the rest of the body is still owed. A server that waited for the rest
+    of the body before answering would time this out."""
     parts = urlsplit(url)
     with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
         sock.sendall(head.encode() + body)
         answer = b""
-        while chunk := sock.recv(65536):
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _length(answer):
+            chunk = sock.recv(65536)
+            assert chunk, f"the server closed before its whole answer: {answer!r}"
             answer += chunk
     return answer.decode()
+
+
+def _length(answer: bytes) -> int:
+    head = answer.partition(b"\r\n\r\n")[0].decode().lower()
+    return next(int(line.split(":", 1)[1]) for line in head.splitlines() if line.startswith("content-length:"))
 
 
 def test_a_declared_body_over_the_limit_is_413_before_it_is_read(hardened_server: str) -> None:
@@ -247,6 +255,10 @@ def test_out_of_gpu_memory_is_503_and_the_next_request_is_served(tmp_path: Path,
 
 
 # -- refusing up front by the request's own size ----------------------------------------------------------
+def learned(url: str) -> int:
+    return requests.get(f"{url}/metadata", timeout=5).json()["estimate"]["samples"]
+
+
 def test_a_request_that_would_not_finish_in_time_is_refused_before_it_runs(tmp_path: Path, tiny_sd: Path,
                                                                            demo_manifest_data) -> None:
     record = tmp_path / "ran.jsonl"
@@ -257,21 +269,50 @@ def test_a_request_that_would_not_finish_in_time_is_refused_before_it_runs(tmp_p
         assert requests.get(f"{url}/metadata", timeout=5).json()["estimate"]["seconds_per_unit"] is None
         first = predict(url, big)  # nothing has finished yet: no estimate, so it runs, and runs late
         assert first.status_code == 504 and first.json()["detail"] == "inference took longer than 2s"
-        # It still finishes on the inference thread, and the rate is learned from it.
-        wait_for(lambda: requests.get(f"{url}/metadata", timeout=5).json()["estimate"]["seconds_per_unit"], 30,
-                 "the rate learned from the late inference")
+        # It still finishes on the inference thread (the next request waits for it), but as the
+        # first inference it carries the warm-up: nothing is learned from it.
+        for prompt, steps in (("small", 1), ("defaults", None), ("three", 3)):  # 4096, 8192, 12288 units
+            response = predict(url, {"prompt": prompt, **({"num_inference_steps": steps} if steps else {})})
+            assert response.status_code == 200, response.text
+        assert learned(url) == 3
         refused = predict(url, big)
         assert refused.status_code == 504
         detail = refused.json()["detail"]
-        assert detail.startswith("refused before running: this request would take about 3s (65536 work units")
+        assert detail.startswith("refused before running: this request would take at least 3s (65536 work units "
+                                 "at the rate of the last 3 inferences)"), detail
         assert "of the 2s limit (BUILDER_REQUEST_TIMEOUT)" in detail
-        small = predict(url, {"prompt": "small", "num_inference_steps": 1})  # 4096 units: about 0.2 s
-        assert small.status_code == 200, small.text
-        defaults = predict(url, {"prompt": "defaults"})
-        assert defaults.status_code == 200, defaults.text
     ran = [json.loads(line) for line in record.read_text().splitlines()]
-    assert [r["prompt"] for r in ran] == ["big", "small", "defaults"]  # the refused one never reached the model
+    assert [r["prompt"] for r in ran] == ["big", "small", "defaults", "three"]  # the refused one never ran
     assert (ran[2]["num_inference_steps"], ran[2]["width"], ran[2]["height"]) == (2, 64, 64)  # the manifest's
+
+
+PRODUCTION_SIZES = {"request": {"width": {"default": 1024, "max": 1024}, "height": {"default": 1024, "max": 1024},
+                                "num_inference_steps": {"default": 28, "max": 28}}}
+
+
+def test_after_one_tiny_request_a_production_size_request_is_admitted_and_served(tmp_path: Path, tiny_sd: Path,
+                                                                                 demo_manifest_data) -> None:
+    """Issue 22's worked example: one 64x64, 2-step request (warm-up included) used to price a
+    1024x1024, 28-step one at thousands of seconds, and every large request was refused for good."""
+    data = copy.deepcopy(demo_manifest_data)
+    data["serving"] = PRODUCTION_SIZES
+    data["profile"] = "custom-local"
+    # 0.3 s of overhead, 2e-8 s a unit (1024x1024x28: about 0.9 s in all), 1 s of warm-up on the first
+    data["entrypoint"] = {"loader": "custom", "function": "tests.fixtures.rigged:paced",
+                          "options": {"seconds_per_unit": 2e-8, "overhead": 0.3, "warmup": 1.0}}
+    tiny = {"prompt": "tiny", "width": 64, "height": 64, "num_inference_steps": 2}
+    production = {"prompt": "production", "width": 1024, "height": 1024, "num_inference_steps": 28}
+    with serve(write_manifest_json(tmp_path, data), tiny_sd, BUILDER_REQUEST_TIMEOUT="20") as url:
+        assert predict(url, tiny).status_code == 200  # the first: 1.3 s, nearly all of it warm-up and overhead
+        served = predict(url, production)
+        assert served.status_code == 200, served.text
+        assert image_size(served) == (1024, 1024)
+        assert predict(url, tiny).status_code == 200  # one size learned since the warm-up: still no refusal
+        again = predict(url, production)
+        assert again.status_code == 200, again.text
+        estimate = requests.get(f"{url}/metadata", timeout=5).json()["estimate"]
+        assert estimate["samples"] == 3 and estimate["overhead_seconds"] == pytest.approx(0.3, abs=0.01)
+        assert estimate["seconds_per_unit"] == pytest.approx(2e-8, rel=0.01)
 
 
 # -- the queue handler uses the same request model ---------------------------------------------------------
@@ -359,10 +400,56 @@ def test_the_rate_separates_fixed_overhead_from_seconds_per_unit() -> None:
     rate = WorkRate()
     assert rate.estimate(1000) is None  # nothing finished yet: no estimate, nothing refused
     rate.observe(100, 2.0 + 0.01 * 100)
-    assert rate.estimate(1000) == pytest.approx(30.0)  # one size only: its seconds per unit, overhead included
+    rate.observe(100, 2.0 + 0.01 * 100)
+    assert rate.estimate(1000) is None  # one size only: overhead and rate cannot be told apart
     rate.observe(1000, 2.0 + 0.01 * 1000)
-    assert rate.fit() == pytest.approx((2.0, 0.01))
+    assert rate.fit().overhead == pytest.approx(2.0) and rate.fit().rate == pytest.approx(0.01)
     assert rate.estimate(5000) == pytest.approx(52.0)
+    assert rate.lower_bound(5000) == pytest.approx(52.0)  # a history without noise: the bound is the estimate
+
+
+def test_a_stray_slow_inference_does_not_make_large_requests_look_hopeless() -> None:
+    """Two tiny sizes and one slow outlier (a pause, a new kernel's compile): the estimate for a
+    1024x1024x28 request is hundreds of seconds, but the bound, widened by that noise and the
+    distance from the sizes seen, refuses nothing; a consistent history does refuse."""
+    from server.estimate import WorkRate
+
+    production = 1024 * 1024 * 28
+    rate = WorkRate()
+    for units, seconds in ((8192, 0.5), (8192, 0.5), (32768, 0.52), (32768, 1.5)):
+        rate.observe(units, seconds)
+    assert rate.estimate(production) > 300
+    assert rate.lower_bound(production) < 0
+    steady = WorkRate()
+    for units in (8192, 32768, 8192, 32768):
+        steady.observe(units, 0.5 + 2e-5 * units * (1.01 if units == 8192 else 0.99))
+    assert steady.lower_bound(production) > 300
+
+
+def test_old_inferences_fade_so_a_changed_cost_is_followed() -> None:
+    from server.estimate import MAX_SAMPLES, WorkRate
+
+    rate = WorkRate()
+    for i in range(MAX_SAMPLES):
+        units = 1000 * (1 + i % 3)
+        rate.observe(units, 0.01 * units)
+    assert rate.fit().rate == pytest.approx(0.01)
+    for i in range(12):  # the GPU got twice as fast (another card, a new driver)
+        units = 1000 * (1 + i % 3)
+        rate.observe(units, 0.005 * units)
+    assert rate.fit().rate < 0.0075  # the newer dozen outweighs the older twenty
+    for i in range(MAX_SAMPLES):
+        rate.observe(1000 * (1 + i % 3), 0.005 * 1000 * (1 + i % 3))
+    assert rate.fit().rate == pytest.approx(0.005)  # the old ones are gone
+
+
+def test_a_text_requests_work_includes_its_prompt() -> None:
+    from server.estimate import work_units
+    from server.schemas import TextGenerationRequest
+
+    short = work_units("text-generation", TextGenerationRequest(prompt="hi", max_new_tokens=64))
+    long = work_units("text-generation", TextGenerationRequest(prompt="word " * 4000, max_new_tokens=64))
+    assert long - short == pytest.approx((20000 - 2) / 4)  # about four characters a token
 
 
 def test_a_wav_length_is_read_from_its_header_alone() -> None:

@@ -108,6 +108,39 @@ def test_promoting_a_version_that_is_not_in_the_registry_is_one_line(lifecycle) 
     assert error_line(proc) == f"error: {lifecycle['registry']}/{lifecycle['name']}:9.9.9 is not in the registry: build and push it first"
 
 
+def proxied_client(life: dict, proxy) -> RegistryClient:
+    """A registry client whose every request goes through `proxy` (which logs method and URL)."""
+    import requests
+
+    session = requests.Session()
+    session.trust_env = False  # NO_PROXY must not route around the proxy
+    session.proxies = {"http": proxy.url()}
+    return RegistryClient(RegistryRef.parse(life["registry"]), session=session)
+
+
+def test_the_production_history_is_read_by_head_not_get(lifecycle) -> None:
+    """Docker Hub counts each manifest GET as a pull and a HEAD as none: reading the history (for
+    every deploy's gate, every rollback and prune) must not spend the pull allowance."""
+    from builder.promote import stage_history
+    from tests.forward_proxy import ForwardProxy
+
+    set_approval(lifecycle, APPROVAL)
+    digests = [version(lifecycle, v) for v in ("1.0.0", "1.1.0", "1.2.0")]
+    for v in ("1.0.0", "1.1.0", "1.2.0"):
+        assert cli(lifecycle, "promote", lifecycle["name"], v, "--to", "production").returncode == 0
+    with ForwardProxy() as proxy:
+        history = stage_history(proxied_client(lifecycle, proxy), lifecycle["name"], "production")
+    assert [entry.digest for entry in history] == digests[::-1]
+    asked = [(r.method, r.target.rsplit("/", 1)[-1]) for r in proxy.log if "/manifests/" in r.target]
+    assert sorted(asked) == sorted(("HEAD", entry.tag) for entry in history)  # one HEAD each, no GET
+    # A registry whose HEAD answer carries no digest: then, and only then, a GET.
+    with ForwardProxy(drop_on_head=frozenset({"docker-content-digest"})) as bare:
+        again = stage_history(proxied_client(lifecycle, bare), lifecycle["name"], "production")
+    assert [entry.digest for entry in again] == digests[::-1]
+    methods = sorted(r.method for r in bare.log if "/manifests/" in r.target)
+    assert methods == ["GET"] * 3 + ["HEAD"] * 3
+
+
 # -- deploy and rollback -------------------------------------------------------------------------
 @pytest.fixture
 def runpod_env(lifecycle):
@@ -460,3 +493,103 @@ def test_deploy_refuses_gpus_smaller_than_the_image_needs(lifecycle, runpod_env)
                  "the 48 GB pool is pinned in the console", "--poll", "0.05", extra=runpod_env.env())
     assert forced.returncode == 0, forced.stderr
     assert runpod_env.image_of("small") == f"{repo}@{digest}"
+
+
+# -- production-day defects (issue 22) ------------------------------------------------------------------
+HOSTILE_ENV = {
+    "MODEL_CONFIG": '{"scheduler": {"name": "euler", "steps": [1, 2]}, "note": "say \\"hi\\""}',
+    "WINDOWS_PATH": "C:\\models\\flux\\",
+    "PEM": "-----BEGIN CERTIFICATE-----\nMIIB\\u0041\n-----END CERTIFICATE-----\n",
+    "QUOTES": "it's \"quoted\" and } braces { and $dollar",
+}
+
+
+def test_an_environment_with_json_quotes_backslashes_and_newlines_survives_a_deploy(lifecycle, runpod_env) -> None:
+    """The SDK's create_template pasted each value into the GraphQL text unescaped: any of these
+    made the stand-in's GraphQL parser (as RunPod's) refuse the deploy."""
+    repo = f"{lifecycle['registry']}/{lifecycle['name']}"
+    old, new = version(lifecycle, "1.0.0"), version(lifecycle, "1.1.0")
+    runpod_env.add_endpoint("ep", f"{repo}@{old}", env=HOSTILE_ENV, type="QB")
+    proc = cli(lifecycle, "deploy", lifecycle["name"], "1.1.0", "--target", "endpoint:ep", "--poll", "0.05",
+               extra=runpod_env.env())
+    assert proc.returncode == 0, proc.stderr
+    template = runpod_env.state.templates[runpod_env.state.endpoints["ep"].template_id]
+    env = {item["key"]: item["value"] for item in template["env"]}
+    assert template["imageName"] == f"{repo}@{new}"
+    assert {key: env[key] for key in HOSTILE_ENV} == HOSTILE_ENV  # byte for byte
+    # A template target and a pod send their environment back whole: it survives there too.
+    template_id = runpod_env.add_endpoint("unused", f"{repo}@{old}", env=HOSTILE_ENV)
+    assert cli(lifecycle, "deploy", lifecycle["name"], "1.1.0", "--target", f"template:{template_id}",
+               extra=runpod_env.env()).returncode == 0
+    kept = {item["key"]: item["value"] for item in runpod_env.state.templates[template_id]["env"]}
+    assert kept == HOSTILE_ENV
+    runpod_env.add_pod("pod-env", f"{repo}@{old}", env=HOSTILE_ENV)
+    proc = cli(lifecycle, "deploy", lifecycle["name"], "1.1.0", "--target", "pod:pod-env", "--poll", "0.05",
+               "--timeout", "30", extra=runpod_env.env())
+    assert proc.returncode == 0, proc.stderr
+    assert runpod_env.state.pods["pod-env"].env == HOSTILE_ENV
+
+
+def test_a_graphql_request_with_values_in_its_text_still_fails_on_the_stand_in(runpod_env) -> None:
+    """What the stand-in refuses, as RunPod's parser does: a value pasted into the query unescaped."""
+    import requests
+
+    url, key = runpod_env.url, runpod_env.state.api_key
+    value = HOSTILE_ENV["MODEL_CONFIG"]
+    pasted = (f'mutation {{ saveTemplate(input: {{ name: "t", imageName: "i", containerDiskInGb: 5, volumeInGb: 0, '
+              f'env: [{{ key: "K", value: "{value}" }}] }}) {{ id }} }}')
+    answer = requests.post(f"{url}/graphql", json={"query": pasted}, headers={"Authorization": f"Bearer {key}"},
+                           timeout=10).json()
+    assert answer["errors"][0]["message"].startswith("Syntax Error")
+    as_variable = requests.post(f"{url}/graphql", headers={"Authorization": f"Bearer {key}"}, timeout=10, json={
+        "query": "mutation Save($input: SaveTemplateInput!) { saveTemplate(input: $input) { id env { value } } }",
+        "variables": {"input": {"name": "t", "imageName": "i", "containerDiskInGb": 5, "volumeInGb": 0,
+                                "env": [{"key": "K", "value": value}]}}}).json()
+    assert "errors" not in as_variable and as_variable["data"]["saveTemplate"]["env"] == [{"value": value}]
+    not_an_object = requests.post(f"{url}/graphql", json={"query": "{ myself { id } }", "variables": "[]"},
+                                  headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert not_an_object.status_code == 400
+
+
+@pytest.mark.parametrize("env, ports, exposed", [
+    ({}, "80/http", {"8000/http"}),  # no PORT: RunPod would probe 80 while the server listens on 8000
+    ({"PORT": "8000", "PORT_HEALTH": "8001"}, "8000/http", {"8000/http", "8001/http"}),
+    ({"PORT": "9000"}, "22/tcp", {"9000/http", "22/tcp"}),
+])
+def test_a_load_balancing_template_exposes_the_ports_its_server_listens_on(lifecycle, runpod_env, env: dict,
+                                                                            ports: str, exposed: set) -> None:
+    repo = f"{lifecycle['registry']}/{lifecycle['name']}"
+    old, new = version(lifecycle, "1.0.0"), version(lifecycle, "1.1.0")
+    runpod_env.add_endpoint("ep", f"{repo}@{old}", env=env, type="LB", ports=ports)
+    proc = cli(lifecycle, "deploy", lifecycle["name"], "1.1.0", "--target", "endpoint:ep", "--poll", "0.05",
+               "--timeout", "20", extra=runpod_env.env())
+    assert proc.returncode == 0, proc.stderr
+    template = runpod_env.state.templates[runpod_env.state.endpoints["ep"].template_id]
+    assert exposed <= set(template["ports"].split(","))
+
+
+def test_the_stand_in_never_serves_an_unexposed_port(lifecycle, runpod_env) -> None:
+    """The old rollout's template (PORT 8000 set, only 80 exposed) never turns healthy there."""
+    repo = f"{lifecycle['registry']}/{lifecycle['name']}"
+    old = version(lifecycle, "1.0.0")
+    runpod_env.add_endpoint("ep", f"{repo}@{old}", env={"PORT": "8000"}, type="LB", ports="80/http")
+    runpod_env.state.endpoints["ep"].polls_since_switch = 0
+    import requests
+
+    health = [requests.get(f"{runpod_env.url}/v2/ep/health", timeout=10,
+                           headers={"Authorization": f"Bearer {runpod_env.state.api_key}"}).json()["workers"]
+              for _ in range(runpod_env.state.ready_after + 3)]
+    assert all(h["initializing"] == 1 and h["ready"] == 0 for h in health)
+
+
+def test_a_pod_deploy_sends_no_credentials_to_the_pod(lifecycle, runpod_env) -> None:
+    """RUNPOD_API_KEY went to the pod's proxy URL as a Bearer header: the stand-in pod refuses any."""
+    repo = f"{lifecycle['registry']}/{lifecycle['name']}"
+    old, new = version(lifecycle, "1.0.0"), version(lifecycle, "1.1.0")
+    runpod_env.add_pod("pod-1", f"{repo}@{old}", ports="8000/http,22/tcp")
+    proc = cli(lifecycle, "deploy", lifecycle["name"], "1.1.0", "--target", "pod:pod-1", "--poll", "0.05",
+               "--timeout", "20", extra=runpod_env.env())
+    assert proc.returncode == 0, proc.stderr
+    assert runpod_env.state.credentials_seen == []
+    assert runpod_env.state.pods["pod-1"].image == f"{repo}@{new}"
+    assert "waiting for pod pod-1" in proc.stderr  # it did ask the pod, through the proxy

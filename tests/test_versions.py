@@ -194,3 +194,62 @@ def test_bump_without_a_target_or_base_is_one_line(project_repo: Path) -> None:
         assert result.returncode == 2, (args, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), (args, result.stderr)
+
+
+# -- what main builds: the registry's record, not the previous push (issue 22) -----------------------
+UNBUILT_STEP = "Manifests main has not built yet"
+
+
+def test_a_manifest_bumped_in_a_cancelled_run_is_still_built(project_repo: Path, tmp_path: Path, registry: str) -> None:
+    """GitHub cancels a pending run when a newer one queues in the same concurrency group. Push B
+    bumps flux and its run is cancelled; push C bumps z-image. Diffing C from `event.before` (B)
+    finds z-image only, and flux 1.0.1 would never be built; the workflow asks the registry."""
+    from tests.conftest import push_fake_image, run_builder, unique_name
+
+    namespace = f"{registry}/{unique_name('ci')}"
+    for name in PUSHED:  # push A: its run built every manifest at 1.0.0
+        push_fake_image(namespace, name, "1.0.0", "1.0.0", "2026-11-01T00:00:00Z")
+    flux, z_image = project_repo / "manifests/flux.yaml", project_repo / "manifests/z-image.yaml"
+    before = commit(project_repo, "B: flux 1.0.1 (its run is cancelled)",
+                    {"manifests/flux.yaml": flux.read_text().replace('version: "1.0.0"', 'version: "1.0.1"')})
+    commit(project_repo, "C: z-image 1.0.1",
+           {"manifests/z-image.yaml": z_image.read_text().replace('version: "1.0.0"', 'version: "1.0.1"')})
+
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    diffed = run_builder(["--root", str(project_repo), "changed", "--base", before, "--exclude", "demo",
+                          "--exclude", "tiny-*", "--json"], env)
+    assert json.loads(diffed.stdout) == ["z-image"]  # what `event.before` gave: flux lost
+
+    output = tmp_path / "github_output"
+    step = _run_step(project_repo, before, tmp_path, UNBUILT_STEP, GITHUB_OUTPUT=str(output), BUILDER_REGISTRY=namespace)
+    assert step.returncode == 0, step.stderr
+    assert output.read_text() == 'manifests=["flux", "z-image"]\n'
+
+    # The build job's matrix is that output.
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    assert "steps.unbuilt.outputs.manifests" in workflow["jobs"]["check"]["outputs"]["manifests"]
+    assert workflow["jobs"]["build"]["strategy"]["matrix"]["manifest"] == "${{ fromJSON(needs.check.outputs.manifests) }}"
+
+    for name in ("flux", "z-image"):  # C's run built both: the next push builds nothing again
+        push_fake_image(namespace, name, "1.0.1", "1.0.1", "2026-11-02T00:00:00Z")
+    output.write_text("")
+    assert _run_step(project_repo, before, tmp_path, UNBUILT_STEP, GITHUB_OUTPUT=str(output),
+                     BUILDER_REGISTRY=namespace).returncode == 0
+    assert output.read_text() == "manifests=[]\n"
+
+
+def test_the_unbuilt_step_fails_loudly_without_a_registry(project_repo: Path, tmp_path: Path) -> None:
+    output = tmp_path / "github_output"
+    step = _run_step(project_repo, "", tmp_path, UNBUILT_STEP, GITHUB_OUTPUT=str(output))
+    assert step.returncode == 2  # not an empty matrix that builds nothing
+    assert "no registry: pass --registry" in step.stderr and not output.exists()
+
+
+def test_the_gpu_job_logs_out_and_tidies_whatever_happened() -> None:
+    steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["build"]["steps"]
+    by_name = {step.get("name"): step for step in steps}
+    logout, tidy = by_name["Log out of the registry"], by_name["Free disk for the next build"]
+    assert logout["if"] == "always()" and "docker logout" in logout["run"]
+    assert tidy["if"] == "always()" and "python -m builder tidy" in tidy["run"]
+    names = [step.get("name") for step in steps]
+    assert names.index("Log out of the registry") > names.index("Log in to the registry")

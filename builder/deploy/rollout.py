@@ -2,8 +2,9 @@
 
 - `endpoint:ID`, a serverless endpoint, load-balancing or queue-based (RunPod's endpoint type,
   or --endpoint-type): a new template (a unique name per deploy) for `REPO@sha256:...`, with the
-  environment its type needs (BUILDER_SERVE_MODE, PORT, PORT_HEALTH) over the old template's, and
-  the endpoint switched to it; then RunPod's health document is polled until the endpoint runs
+  environment its type needs (BUILDER_SERVE_MODE, PORT, PORT_HEALTH) over the old template's,
+  PORT and PORT_HEALTH exposed as HTTP ports whatever the old template exposed, and the endpoint
+  switched to it; then RunPod's health document is polled until the endpoint runs
   that template with a serving worker and none unhealthy or starting. On timeout the endpoint is
   switched back to its previous template. Templates builder made that no endpoint uses any more
   are deleted beyond the newest `keep_templates`.
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from builder.deploy.runpod import RunPod, env_list, http_port
+from builder.deploy.runpod import RunPod, env_list, http_port, ports_for
 from builder.errors import DeployError, InputError
 from builder.ledger import Ledger
 
@@ -105,6 +106,23 @@ def serving_env(base: dict[str, str], mode: str, port: int) -> dict[str, str]:
     else:
         env.pop("PORT_HEALTH", None)
     return env
+
+
+def template_ports(like: dict[str, Any] | None, env: dict[str, str], mode: str) -> str:
+    """What the new template exposes. A load-balancing worker is reached only on exposed ports:
+    PORT (requests) and PORT_HEALTH (/ping) as N/http, whatever the old template listed (one with
+    `80/http` and no PORT would have RunPod probe 80 while the server listens on 8000)."""
+    old = (like or {}).get("ports") or ""
+    if mode != "http":
+        return old
+    ports = []
+    for name in ("PORT", "PORT_HEALTH"):
+        value = env.get(name) or env["PORT"]
+        if not value.isdigit() or not 0 < int(value) < 65536:
+            raise InputError(f"the endpoint's template sets {name}={value!r}: set it to a port number "
+                             "(or remove it) in the RunPod console, then deploy again")
+        ports.append(int(value))
+    return ports_for(old, *ports)
 
 
 def template_name(plan: Plan, now: dt.datetime | None = None) -> str:
@@ -208,7 +226,7 @@ def _deploy_endpoint(runpod: RunPod, ledger: Ledger, plan: Plan, digest: str, sa
     like = templates.get(previous_template) if previous_template else None
     previous = (like or {}).get("imageName")
     env = serving_env(env_list((like or {}).get("env")), mode, plan.port)
-    template_id = runpod.create_template(template_name(plan), plan.image, env, like, int(env.get("PORT", plan.port)))
+    template_id = runpod.create_template(template_name(plan), plan.image, env, like, template_ports(like, env, mode))
     kind = "load-balancing" if mode == "http" else "queue"
     say(f"endpoint {plan.target.id} ({kind}): template {previous_template} -> {template_id} ({plan.image})")
     runpod.switch_endpoint(plan.target.id, template_id)

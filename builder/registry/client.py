@@ -201,6 +201,21 @@ class RegistryClient:
         digest = response.headers.get("Docker-Content-Digest") or sha256(response.content)
         return response.content, response.headers.get("Content-Type", ""), digest
 
+    def manifest_digest(self, name: str, reference: str) -> str | None:
+        """The digest a tag (or digest) points at, or None if there is none: by HEAD, which Docker
+        Hub does not count as a pull (a GET does: https://docs.docker.com/docker-hub/usage/pulls/),
+        and by GET only where the HEAD answer carries no Docker-Content-Digest."""
+        path = self.ref.path(name)
+        response = self.request("HEAD", self.url(path, f"manifests/{reference}"), self._scopes(path),
+                                {"Accept": MANIFEST_TYPES})
+        if response.status_code == 404:
+            return None
+        digest = response.headers.get("Docker-Content-Digest", "") if response.status_code == 200 else ""
+        if re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            return digest
+        found = self.manifest(name, reference)
+        return found[2] if found else None
+
     def image(self, name: str, reference: str) -> RemoteImage | None:
         """The image a tag (or digest) points at in repository `name`, or None if there is none."""
         found = self.manifest(name, reference)

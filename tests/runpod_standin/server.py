@@ -1,9 +1,13 @@
 """A loopback stand-in for RunPod, for the deploy and rollback tests.
 
-The runpod SDK and builder talk to it unmodified: GraphQL at `$RUNPOD_API_BASE_URL/graphql` (the
-SDK interpolates its arguments into the query text; graphql-core parses, validates and executes
-it against the subset of RunPod's schema below, so a field the real API lacks fails here too),
-and the serverless REST API at `$RUNPOD_ENDPOINT_BASE_URL/{endpoint_id}/...`.
+The runpod SDK and builder talk to it unmodified: GraphQL at `$RUNPOD_API_BASE_URL/graphql`, the
+GraphQL over HTTP form (a JSON object with `query`, and `variables` and `operationName` where
+given: builder sends every value as a variable, the SDK's helpers paste theirs into the query
+text), parsed, validated and executed by graphql-core against the subset of RunPod's schema below
+(its input type names as RunPod's runpodctl declares its variables: SaveTemplateInput,
+PodEditJobInput, UpdateEndpointTemplateInput, PodFilter), so a field the real API lacks, a
+required field left out, or a value that breaks the query's syntax fails here too; and the
+serverless REST API at `$RUNPOD_ENDPOINT_BASE_URL/{endpoint_id}/...`.
 
 What it models, as RunPod documents it: templates (`saveTemplate` creates one, or updates it when
 given an `id`; names are unique; `deleteTemplate` refuses one an endpoint uses), serverless
@@ -13,6 +17,15 @@ key (401 otherwise, which the SDK raises as AuthenticationError), GraphQL errors
 `{"errors": [...]}` shape (the SDK raises QueryError), and the health document
 `{"jobs": {...}, "workers": {"idle", "initializing", "ready", "running", "throttled", "unhealthy"}}`,
 and a few GPU types (`gpuTypes`; endpoints' `gpuIds` pools, pods' `machine { gpuDisplayName }`).
+
+Ports, as RunPod routes them (https://docs.runpod.io/serverless/load-balancing/overview): a
+load-balancing worker is reached on PORT (requests) and PORT_HEALTH (`/ping`); left unset, both
+are 80 and RunPod exposes 80 itself; a port that is set must be among the template's exposed HTTP
+ports (`8000/http`), or the worker is never reached (RunPod: it never turns healthy, requests get
+502). A pod's port is reached through the proxy only when exposed as HTTP, and serves only if the
+pod's server listens there (PORT, else the server's 8000). A pod takes no credentials through the
+proxy: a request that carries an Authorization header is refused (400) and noted in
+`state.credentials_seen`, since the header would reach whatever image the pod runs.
 
 Two ways to run workers:
 - with a Docker client (`docker=`), as RunPod does (tests/runpod_standin/workers.py): the image is
@@ -26,7 +39,9 @@ Two ways to run workers:
   port at `/pod/{pod_id}-{port}/...` (RunPod's proxy: `https://{pod_id}-{port}.proxy.runpod.net`).
 - without one, for tests of the API logic with images that cannot run: after a switch the
   endpoint's worker is `initializing` for `ready_after` health polls, then `ready`, or stays
-  `unhealthy` for an image in `broken_images`.
+  `unhealthy` for an image in `broken_images`, or `initializing` when its ports cannot be
+  reached; a pod answers `/metadata` after `ready_after` requests since its restart with its
+  image's version label, read from the registry the image names.
 Every GraphQL operation is logged.
 """
 
@@ -125,8 +140,8 @@ input SaveTemplateInput {
   name: String!
   imageName: String!
   dockerArgs: String
-  containerDiskInGb: Int
-  volumeInGb: Int
+  containerDiskInGb: Int!
+  volumeInGb: Int!
   volumeMountPath: String
   ports: String
   env: [EnvironmentVariableInput]
@@ -184,12 +199,28 @@ def _env(items: list[dict[str, str]] | None) -> dict[str, str]:
     return {item["key"]: item["value"] for item in items or []}
 
 
-def _http_port(ports: str | None) -> int:
+def exposed_http(ports: str | None) -> set[int]:
+    """The HTTP ports a RunPod ports string ("8000/http,22/tcp") exposes."""
+    found = set()
     for item in (ports or "").split(","):
         number, _, kind = item.strip().partition("/")
         if kind == "http" and number.isdigit():
-            return int(number)
-    return 8000
+            found.add(int(number))
+    return found
+
+
+def unreachable_ports(template: dict[str, Any]) -> str | None:
+    """Why RunPod could not reach a load-balancing worker of this template, or None."""
+    env = _env(template.get("env"))
+    if not env.get("PORT") and not env.get("PORT_HEALTH"):
+        return None  # RunPod sets both to 80 and exposes 80 itself
+    port = int(env.get("PORT") or 80)
+    wanted = {"PORT": port, "PORT_HEALTH": int(env.get("PORT_HEALTH") or port)}
+    exposed = exposed_http(template.get("ports"))
+    missing = [f"{name} {number}" for name, number in wanted.items() if number not in exposed]
+    if not missing:
+        return None
+    return f"{' and '.join(missing)} not exposed as HTTP (ports: {template.get('ports') or 'none'})"
 
 
 @dataclass
@@ -239,6 +270,7 @@ class PodState:
     gpu: str = "RTX A5000"  # the machine's GPU, by display name
     worker: Worker | None = None
     restarted: float = field(default_factory=time.monotonic)
+    requests_since_restart: int = 0  # simulated pods: how many proxied requests found it starting
 
 
 @dataclass
@@ -253,6 +285,7 @@ class RunPodState:
     pods: dict[str, PodState] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
     operations: list[str] = field(default_factory=list)
+    credentials_seen: list[str] = field(default_factory=list)  # pod proxy paths that came with an Authorization header
     lock: threading.RLock = field(default_factory=threading.RLock)
     ids: Any = field(default_factory=lambda: itertools.count(1))
     workers: DockerWorkers | None = None
@@ -323,7 +356,7 @@ class RunPodState:
         if data.get("env") is not None:
             pod.env = _env(data["env"])
         pod.ports = data.get("ports") or pod.ports
-        pod.restarted = time.monotonic()
+        pod.restarted, pod.requests_since_restart = time.monotonic(), 0
         if self.workers is not None:  # a pod is one container: it restarts on the new image
             if pod.worker is not None:
                 self.workers.stop(pod.worker)
@@ -361,6 +394,8 @@ class RunPodState:
         endpoint.polls_since_switch += 1
         if image in self.broken_images:
             workers["unhealthy"] = 1
+        elif endpoint.type == "LB" and unreachable_ports(self.templates[endpoint.template_id]):
+            workers["initializing"] = 1  # RunPod's health check cannot reach it: it never turns ready
         elif endpoint.polls_since_switch <= self.ready_after:
             workers["initializing"] = 1
         else:
@@ -396,8 +431,9 @@ class RunPodState:
             current = [w for w in alive if w.owner == endpoint.template_id and w.image == template["imageName"]]
             if not current:
                 mode = "http" if endpoint.type == "LB" else "queue"
-                worker = self.workers.start(Worker(endpoint.template_id, template["imageName"], mode,
-                                                   self.worker_env(endpoint, template)))
+                worker = Worker(endpoint.template_id, template["imageName"], mode, self.worker_env(endpoint, template))
+                worker.unreachable = unreachable_ports(template) if endpoint.type == "LB" else None
+                worker = self.workers.start(worker)
                 endpoint.workers.append(worker)
                 current = [worker]
             serving = any(w.state in ("ready", "running") for w in current)
@@ -458,8 +494,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- GraphQL -------------------------------------------------------------------------------
     def _graphql(self) -> None:
-        payload = json.loads(self._body() or b"{}")
+        try:
+            payload = json.loads(self._body() or b"{}")
+        except ValueError:
+            payload = None
         if not self._authorized():
+            return
+        # GraphQL over HTTP (https://graphql.github.io/graphql-over-http/draft/#sec-Request-Parameters):
+        # `query` a string, `variables` and `operationName` optional, variables an object.
+        if not isinstance(payload, dict) or not isinstance(payload.get("query"), str) or \
+                not isinstance(payload.get("variables") or {}, dict) or \
+                not isinstance(payload.get("operationName") or "", str):
+            self._send(400, {"errors": [{"message": "a GraphQL request is a JSON object with a string query, "
+                                                    "and optional variables (an object) and operationName"}]})
             return
         state = self.state
         root = {
@@ -474,8 +521,8 @@ class _Handler(BaseHTTPRequestHandler):
             "podEditJob": lambda info, input: state.edit_pod(input),
         }
         with state.lock:
-            result = graphql_sync(SCHEMA, payload.get("query", ""), root_value=root,
-                                  variable_values=payload.get("variables"))
+            result = graphql_sync(SCHEMA, payload["query"], root_value=root, variable_values=payload.get("variables"),
+                                  operation_name=payload.get("operationName"))
             operation = re.sub(r"\s+", " ", payload.get("query", "")).strip()[:200]
             state.operations.append(operation)
         body: dict[str, Any] = {"data": result.data}
@@ -579,6 +626,13 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.state
         kind, _, rest = path[1:].partition("/")
         target, _, tail = rest.partition("/")
+        if kind == "pod" and self.headers.get("Authorization") is not None:
+            # RunPod's proxy hands a pod's request, headers and all, to the pod's own server: the
+            # account's API key does not belong there (and the proxy needs none).
+            with state.lock:
+                state.credentials_seen.append(path)
+            self._send(400, {"error": "credentials sent to a pod: a pod's proxy needs no Authorization header"})
+            return
         with state.lock:
             if kind == "lb":
                 if not self._authorized():
@@ -589,8 +643,11 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 pod_id, _, pod_port = target.rpartition("-")
                 pod = state.pods.get(pod_id)
+                if pod is not None and state.workers is None:
+                    self._simulated_pod(pod, pod_port, tail)
+                    return
                 worker = pod.worker if pod else None
-                port = worker.port if worker and pod_port == str(_http_port(pod.ports)) else None
+                port = worker.port if worker and pod_port.isdigit() and pod_serves(pod, int(pod_port)) else None
         if port is None:
             self._send(502 if kind == "pod" else 503, {"error": f"no worker serves {target} now"})
             return
@@ -603,6 +660,42 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(502, {"error": f"the worker did not answer: {type(exc).__name__}"})
             return
         self._send(answer.status_code, answer.content, answer.headers.get("Content-Type", "application/json"))
+
+    def _simulated_pod(self, pod: PodState, port: str, tail: str) -> None:
+        """Without Docker: the pod starts for `ready_after` requests, then its server's /metadata
+        names the version its image's label says (read from the registry, as a pull would)."""
+        if not port.isdigit() or not pod_serves(pod, int(port)):
+            self._send(502, {"error": f"nothing serves port {port} of pod {pod.id}"})
+            return
+        pod.requests_since_restart += 1
+        if pod.requests_since_restart <= self.state.ready_after:
+            self._send(502, {"error": f"pod {pod.id} is starting"})
+            return
+        version = image_version(pod.image)
+        if tail != "metadata" or version is None:
+            self._send(404 if version else 502, {"error": f"pod {pod.id} has nothing at /{tail}"})
+            return
+        self._send(200, {"status": "ready", "version": version})
+
+
+def pod_serves(pod: PodState, port: int) -> bool:
+    """RunPod's proxy reaches only exposed HTTP ports, and the pod's server listens on PORT (8000 unset)."""
+    return port in exposed_http(pod.ports) and port == int(pod.env.get("PORT") or 8000)
+
+
+def image_version(image: str) -> str | None:
+    """The io.builder.manifest.version label of REGISTRY/REPO@DIGEST, from the registry (None: unreadable)."""
+    match = re.fullmatch(r"([^/]+)/(.+)@(sha256:[0-9a-f]{64})", image)
+    if not match:
+        return None
+    host, repo, digest = match.groups()
+    accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+    try:
+        manifest = requests.get(f"http://{host}/v2/{repo}/manifests/{digest}", headers={"Accept": accept}, timeout=10)
+        config = requests.get(f"http://{host}/v2/{repo}/blobs/{manifest.json()['config']['digest']}", timeout=10)
+        return config.json()["config"]["Labels"]["io.builder.manifest.version"]
+    except (requests.RequestException, ValueError, KeyError, TypeError):
+        return None
 
 
 class RunPodStandIn:
@@ -630,11 +723,17 @@ class RunPodStandIn:
 
     def add_endpoint(self, endpoint_id: str, image: str, env: dict[str, str] | None = None,
                      registry_auth: str | None = None, type: str = "QB",  # noqa: A002 - RunPod's name
-                     gpu_ids: str = "AMPERE_24") -> str:
+                     gpu_ids: str = "AMPERE_24", ports: str | None = None) -> str:
+        """An endpoint as the console makes one; `ports` defaults to exposing the PORT and
+        PORT_HEALTH that `env` sets (as RunPod asks), none when it sets neither."""
+        env = dict(env or {})
+        if ports is None:
+            wanted = [env[name] for name in ("PORT", "PORT_HEALTH") if env.get(name)]
+            ports = ",".join(f"{number}/http" for number in dict.fromkeys(wanted))
         with self.state.lock:
             template = self.state.save_template({
-                "name": f"{endpoint_id}-initial", "imageName": image, "isServerless": True,
-                "env": [{"key": k, "value": v} for k, v in (env or {}).items()],
+                "name": f"{endpoint_id}-initial", "imageName": image, "isServerless": True, "ports": ports,
+                "env": [{"key": k, "value": v} for k, v in env.items()],
                 "containerRegistryAuthId": registry_auth})
             self.state.endpoints[endpoint_id] = EndpointState(endpoint_id, endpoint_id, template["id"], type, gpu_ids,
                                                               polls_since_switch=10**6)

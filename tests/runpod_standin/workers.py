@@ -2,7 +2,8 @@
 Docker, with the template's (or pod's) environment, health-checked the way RunPod does.
 
 - http workers (pods and load-balancing endpoints): `GET /ping` on PORT_HEALTH; 200 is ready,
-  204 or no answer yet is initialising, anything else (or an exited container) is unhealthy.
+  204 or no answer yet is initialising, anything else (or an exited container) is unhealthy; a
+  worker whose template does not expose its ports stays initialising (nothing reaches it).
 - queue workers: ready while the runpod SDK's worker loop polls the job-take URL; a worker
   holding a job is running; an exited container is unhealthy.
 
@@ -47,6 +48,7 @@ class Worker:
     last_poll: float = 0.0
     busy: bool = False
     started: float = field(default_factory=time.monotonic)
+    unreachable: str | None = None  # why RunPod could not reach its ports (a template that does not expose them)
 
     @property
     def ping_port(self) -> int:
@@ -113,6 +115,8 @@ class DockerWorkers:
             if time.monotonic() - worker.last_poll < POLL_FRESH:
                 return "ready", "polling for jobs"
             return "initializing", "not polling for jobs yet"
+        if worker.unreachable:  # RunPod's health check never gets through: it never turns ready
+            return "initializing", worker.unreachable
         try:
             code = requests.get(f"http://127.0.0.1:{worker.ping_port}/ping", timeout=2).status_code
         except requests.RequestException:

@@ -7,8 +7,8 @@ beside the demo's tiny pipeline (so the smoke runs a real model), is served by a
 In the same session, for each size:
 
 - download alone: the fetch engine's stream of every file, verified (sha256), into nothing;
-- upload alone: the same bytes, as the same layers, from disk to the same registry (a fresh
-  repository), through the builder's push;
+- upload alone: the same bytes, as the same layers, from disk to a registry of the same kind on
+  the same disk (its own, so the build's push finds nothing there), through the builder's push;
 - the build: `run_build`, cold (an empty weights cache), pushing to that registry; then a
   version bump of it (same weights, new version).
 
@@ -127,7 +127,7 @@ class Watch:
 
 def phase_of(message: str) -> str | None:
     for start, phase in (("build ", "fetch + code image"), ("image ", "compose"), ("smoke test", "smoke"),
-                         ("push ", "push"), ("pushed in", "record")):
+                         ("the image into the engine", "smoke"), ("push ", "push"), ("pushed in", "record")):
         if message.startswith(start):
             return phase
     return None
@@ -200,7 +200,7 @@ def _frame_digest(path: Path, member: str, size: int) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def build_once(manifest: Manifest, services: Services, docker: Docker, registry: str, watch: Watch) -> dict:
+def build_once(manifest: Manifest, services: Services, docker: Docker, registry: str | None, watch: Watch) -> dict:
     def say(message: str) -> None:
         phase = phase_of(message)
         if phase is not None:
@@ -209,12 +209,13 @@ def build_once(manifest: Manifest, services: Services, docker: Docker, registry:
     watch.start()
     started = time.perf_counter()
     try:
-        result = run_build(manifest, "bench", Project(ROOT), BuildOptions(registry=registry), services,
-                           lambda: docker, say, lambda line: None)
+        result = run_build(manifest, "bench", Project(ROOT), BuildOptions(registry=registry, push=registry is not None),
+                           services, lambda: docker, say, lambda line: None)
     finally:
         watch.stop()
     return {"wall": time.perf_counter() - started, "seconds": result.seconds, "downloaded": result.downloaded_bytes,
-            "written": watch.written(), "peak": watch.peak, "reference": result.digest_reference}
+            "written": watch.written(), "peak": watch.peak, "reference": result.digest_reference,
+            "image_id": result.image_id, "via": result.smoke_via}
 
 
 def run_size(gib: float, run: str, demo: dict, docker: Docker, registry: str, registry_dir: Path, pull: bool) -> dict:
@@ -227,7 +228,11 @@ def run_size(gib: float, run: str, demo: dict, docker: Docker, registry: str, re
             commit = hub.serve_in_place(repo_id, repo)
             out: dict = {"bytes": total}
             out["download alone"] = download_alone(hub, repo_id, commit, artifacts, tmp / "null-cache")
-            out["upload alone"] = upload_alone(registry, repo, artifacts, f"alone-{run}-{gib:g}")
+            # Into a registry of its own (the same program, on the same disk): the build's push must
+            # not find these very layers there already.
+            with scratch_registry(tmp / "alone-registry") as alone:
+                out["upload alone"] = upload_alone(alone, repo, artifacts, f"alone-{run}-{gib:g}")
+            shutil.rmtree(tmp / "alone-registry", ignore_errors=True)
             data = copy.deepcopy(demo)
             data["name"] = f"scale-{run}-{str(gib).replace('.', '-')}g"
             data["sources"] = [{"repo_id": repo_id, "revision": commit, "artifacts": artifacts}]
@@ -241,6 +246,10 @@ def run_size(gib: float, run: str, demo: dict, docker: Docker, registry: str, re
             bump = Watch(cache.parent, [registry_dir, tmp / "repo", tmp / "hub"], device_of(cache.parent))
             out["bump"] = build_once(Manifest.model_validate(data), services, docker, registry, bump)
             out["cache bytes"] = du(cache)
+            # The other way to smoke the same image: load it into the engine (what --no-push does).
+            loaded = Watch(cache.parent, [registry_dir, tmp / "repo", tmp / "hub"], device_of(cache.parent))
+            out["load"] = build_once(Manifest.model_validate(data), services, docker, None, loaded)
+            docker.client.images.remove(out["load"]["image_id"], force=True)
             if pull:
                 with second_engine(tmp / "engine") as other:
                     started = time.perf_counter()
@@ -271,6 +280,13 @@ def main() -> None:
             print(f"  {gib:g} GiB: cold {cold['wall']:.1f}s (download alone {found['download alone']:.1f}s, upload "
                   f"alone {found['upload alone']:.1f}s), peak extra disk {cold['peak'] / GB:.2f} GB, "
                   f"bump {found['bump']['wall']:.1f}s", flush=True)
+    print()
+    print("| GiB | smoke via mounts: s, GB written | smoke via a load into the engine: s, GB written |")
+    print("|---|---|---|")
+    for gib, found in results:
+        mounts, load = found["cold"], found["load"]
+        print(f"| {gib:g} | {mounts['seconds'].get('smoke', 0):.1f}, {mounts['written'].get('smoke', 0) / GB:.2f} | "
+              f"{load['seconds'].get('smoke', 0):.1f}, {load['written'].get('smoke', 0) / GB:.2f} |")
     print()
     print("| GiB | weights GB | download alone s | upload alone s | cold build s | ratio to max(alone) | "
           "fetch+code s | smoke s | push s | peak extra disk GB (x weights) | written GB: fetch, smoke, push | "

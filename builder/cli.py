@@ -352,15 +352,16 @@ def stats(ctx: click.Context, name: str | None, as_json: bool, prometheus: bool)
         return
     if not rows:
         click.echo(f"no download attempts recorded{f' for {name}' if name else ''} in {services.ledger.location}")
-        return
-    table = Table("mirror", "attempts", "ok", "retries", "failed", "success", "downloaded", "throughput")
-    for r in rows:
-        table.add_row(r.mirror, str(r.attempts), str(r.ok), str(r.retries), str(r.failed), f"{r.success_rate:.0%}",
-                      f"{r.bytes / 1e6:.1f} MB", f"{r.throughput / 1e6:.1f} MB/s")
-    _out().print(table)
-    ranking = services.ledger.mirror_ranking()
-    if ranking:
-        click.echo(f"preferred order: {', '.join(ranking)}")
+    else:
+        table = Table("mirror", "attempts", "ok", "retries", "failed", "success", "downloaded", "throughput")
+        for r in rows:
+            table.add_row(r.mirror, str(r.attempts), str(r.ok), str(r.retries), str(r.failed), f"{r.success_rate:.0%}",
+                          f"{r.bytes / 1e6:.1f} MB", f"{r.throughput / 1e6:.1f} MB/s")
+        _out().print(table)
+    order = services.config.mirror_order(os.environ.get("HF_ENDPOINT"), services.ledger.mirror_ranking())
+    click.echo("the next build tries the approved mirrors in this order (every model's record counts):")
+    for number, mirror in enumerate(order, start=1):
+        click.echo(f"  {number}. {mirror.name}: {mirror.reason}")
 
 
 @cli.group()

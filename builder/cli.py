@@ -731,6 +731,30 @@ def schema(ctx: click.Context, write: bool, check: bool) -> None:
         click.echo(text, nl=False)
 
 
+@cli.command()
+@click.option("--write", is_flag=True, help="Write builder/monitoring/dashboard.json and alerts.yml.")
+@click.option("--check", is_flag=True, help="Exit 1 when a committed file differs from what the code generates.")
+def monitoring(write: bool, check: bool) -> None:
+    """The Grafana dashboard and the Prometheus alert rules for `stats --prometheus` (generated)."""
+    from builder.errors import BuilderError as _Error, InputError
+
+    try:
+        from builder import monitoring as generated
+        if write == check:
+            raise InputError("say --write (regenerate the files) or --check (compare them with the code)")
+        if write:
+            for path in generated.write():
+                click.echo(f"wrote {path}")
+            return
+        stale = generated.stale()
+    except ImportError as exc:
+        raise InputError(f"{exc.name} is not installed: pip install -e '.[dev]'") from None
+    if stale:
+        raise _Error(f"{', '.join(str(p) for p in stale)} out of date: run `python -m builder monitoring --write` "
+                     "and commit the result")
+    click.echo("dashboard.json and alerts.yml are up to date")
+
+
 class _RedactedStream:
     """A text stream that writes everything through the process's redactor (builder.redact):
     the last guard, behind the redaction where each secret is used, for whatever a message,

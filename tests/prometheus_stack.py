@@ -110,7 +110,10 @@ def prometheus_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack
         "scrape_configs": [{"job_name": "pushgateway", "honor_labels": True,
                             "static_configs": [{"targets": [gateway]}]}],
     }))
-    procs = [_started(["prometheus-pushgateway", f"--web.listen-address={gateway}", "--log.level=warn"],
+    # Debian builds the Pushgateway with --persistence.file=/var/lib/prometheus/pushgateway.data as
+    # its default: every instance would load (and write) the groups of earlier runs. Its own file.
+    procs = [_started(["prometheus-pushgateway", f"--web.listen-address={gateway}", "--log.level=warn",
+                       f"--persistence.file={state / 'pushgateway.data'}"],
                       f"http://{gateway}", f"the Pushgateway on {gateway}", state / "pushgateway.log")]
     try:
         procs.append(_started(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={state / 'data'}",

@@ -287,6 +287,35 @@ def lock(ctx: click.Context, targets: tuple[str, ...], check: bool, hf_endpoint:
         raise _Error(f"{stale} of {len(paths)} manifests need `python -m builder lock` (changes listed above)")
 
 
+@cli.command()
+@click.argument("targets", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="One JSON list: each manifest, its sources, the changed files, "
+                                                      "and a Markdown summary for a pull request.")
+@click.option("--hf-endpoint", help="Mirror to ask first (default: $HF_ENDPOINT); must be an approved mirror.")
+@click.pass_context
+def outdated(ctx: click.Context, targets: tuple[str, ...], as_json: bool, hf_endpoint: str | None) -> None:
+    """Which manifests' tracked branches or tags (a source's `ref`) moved upstream, and what changed.
+
+    Changes nothing; exit 1 when a manifest could not be checked (each is still reported)."""
+    from builder.build import hub_token
+    from builder.errors import BuilderError as _Error
+    from builder.outdated import check_manifests, text_lines
+
+    project = _project(ctx)
+    services = _services(ctx, project)
+    paths = [project.manifest_path(t) for t in targets] if targets else project.all_manifests()
+    results = check_manifests(paths, services.fetch_config(hf_endpoint), hub_token(),
+                              log=lambda line: err.print(f"    {line}", markup=False))
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in results], indent=2))
+    else:
+        for result in results:
+            click.echo("\n".join(text_lines(result)))
+    failed = [r.name for r in results if r.status == "error"]
+    if failed:
+        raise _Error(f"{len(failed)} manifest(s) could not be checked ({', '.join(failed)}): see the lines above")
+
+
 @cli.command("new")
 @click.argument("name")
 @click.option("--from", "source", required=True, metavar="ORG/REPO[@REVISION]",

@@ -393,6 +393,24 @@ def stats(ctx: click.Context, name: str | None, as_json: bool, prometheus: bool)
         click.echo(f"  {number}. {mirror.name}: {mirror.reason}")
 
 
+@cli.command()
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Write the report to this file: one self-contained page (inline SVG, no script, no link out).")
+@click.pass_context
+def report(ctx: click.Context, html_path: Path) -> None:
+    """The ledger's figures as charts, the dashboard's without Grafana: downloads per mirror against
+    the 95% target, builds, smoke times, sizes, push speed, deploys and rollbacks."""
+    from builder.errors import InputError
+    from builder.report import write_report
+
+    services = _services(ctx, _project(ctx))
+    try:
+        write_report(services.ledger, html_path)
+    except OSError as exc:
+        raise InputError(f"{html_path}: cannot write the report: {exc.strerror}: choose a writable path") from None
+    click.echo(f"wrote {html_path}")
+
+
 @cli.group()
 def cache() -> None:
     """The content-addressed weights cache (a BuildKit cache mount shared by every build)."""

@@ -201,3 +201,27 @@ def test_an_empty_ledger_says_so_and_a_bad_path_is_one_line(tmp_path: Path) -> N
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip() == (f"error: {tmp_path / 'missing' / 'report.html'}: cannot write the report: "
                                   "No such file or directory: choose a writable path")
+
+
+def main(out: Path) -> None:
+    """The picture in as_built.md (section 16f): `.venv/bin/python -m tests.test_report docs/report.png`."""
+    import tempfile
+
+    from PIL import Image
+
+    from builder.report import write_report
+
+    with tempfile.TemporaryDirectory() as tmp:
+        page = write_report(fill(Path(tmp) / "ledger.sqlite3"), Path(tmp) / "report.html")
+        shot = Path(tmp) / "report.png"
+        subprocess.run(["chromium", *FLAGS, f"--user-data-dir={tmp}/profile", "--window-size=800,3900",
+                        "--hide-scrollbars", f"--screenshot={shot}", page.as_uri()], capture_output=True, check=True,
+                       timeout=120)
+        with Image.open(shot) as image:
+            image.convert("RGB").quantize(colors=64).save(out, optimize=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(Path(sys.argv[1]))

@@ -460,7 +460,7 @@ class Manifest(_Strict):
 
     @property
     def weights_bytes(self) -> int:
-        """The bytes of every pinned artifact (an unlocked one counts nothing)."""
+        """The bytes of every artifact (one without a size yet, unlocked, counts nothing)."""
         return sum(a.size or 0 for source in self.sources for a in source.artifacts)
 
     def unlocked_items(self) -> list[str]:

@@ -143,6 +143,7 @@ def run_build(
     git_commit = project.git_revision()
     ledger = services.ledger
     ledger.start_build(build_id, manifest.name, manifest.version, manifest.digest, __version__, git_commit)
+    ledger.record_weights(build_id, manifest.weights_bytes)  # issue 25: the dashboard's weights size per version
     state: dict[str, Any] = {"seconds": {}}
     try:
         result = _build_smoke_push(manifest, origin, options, fetch_config, token, registry, docker, gpus, build_id,

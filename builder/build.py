@@ -211,6 +211,7 @@ def run_build(
                   registry, fetch_config, gpus, git_commit=project.git_revision())
     build.ledger.start_build(build.build_id, manifest.name, manifest.version, manifest.digest, __version__,
                              build.git_commit)
+    build.ledger.record_weights(build.build_id, manifest.weights_bytes)  # the dashboard's weights size per version
     try:
         result = _stages(build)
     except BaseException as exc:

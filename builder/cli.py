@@ -330,6 +330,35 @@ def lock(ctx: click.Context, targets: tuple[str, ...], check: bool, hf_endpoint:
         raise _Error(f"{stale} of {len(paths)} manifests need `python -m builder lock` (changes listed above)")
 
 
+@cli.command()
+@click.argument("targets", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="One JSON list: each manifest, its sources, the changed files, "
+                                                      "and a Markdown summary for a pull request.")
+@click.option("--hf-endpoint", help="Mirror to ask first (default: $HF_ENDPOINT); must be an approved mirror.")
+@click.pass_context
+def outdated(ctx: click.Context, targets: tuple[str, ...], as_json: bool, hf_endpoint: str | None) -> None:
+    """Which manifests' tracked branches or tags (a source's `ref`) moved upstream, and what changed.
+
+    Changes nothing; exit 1 when a manifest could not be checked (each is still reported)."""
+    from builder.build import hub_token
+    from builder.errors import BuilderError as _Error
+    from builder.outdated import check_manifests, text_lines
+
+    project = _project(ctx)
+    services = _services(ctx, project)
+    paths = [project.manifest_path(t) for t in targets] if targets else project.all_manifests()
+    results = check_manifests(paths, services.fetch_config(hf_endpoint), hub_token(),
+                              log=lambda line: err.print(f"    {line}", markup=False))
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in results], indent=2))
+    else:
+        for result in results:
+            click.echo("\n".join(text_lines(result)))
+    failed = [r.name for r in results if r.status == "error"]
+    if failed:
+        raise _Error(f"{len(failed)} manifest(s) could not be checked ({', '.join(failed)}): see the lines above")
+
+
 @cli.command("new")
 @click.argument("name")
 @click.option("--from", "source", required=True, metavar="ORG/REPO[@REVISION]",
@@ -395,15 +424,34 @@ def stats(ctx: click.Context, name: str | None, as_json: bool, prometheus: bool)
         return
     if not rows:
         click.echo(f"no download attempts recorded{f' for {name}' if name else ''} in {services.ledger.location}")
-        return
-    table = Table("mirror", "attempts", "ok", "retries", "failed", "success", "downloaded", "throughput")
-    for r in rows:
-        table.add_row(r.mirror, str(r.attempts), str(r.ok), str(r.retries), str(r.failed), f"{r.success_rate:.0%}",
-                      f"{r.bytes / 1e6:.1f} MB", f"{r.throughput / 1e6:.1f} MB/s")
-    _out().print(table)
-    ranking = services.ledger.mirror_ranking()
-    if ranking:
-        click.echo(f"preferred order: {', '.join(ranking)}")
+    else:
+        table = Table("mirror", "attempts", "ok", "retries", "failed", "success", "downloaded", "throughput")
+        for r in rows:
+            table.add_row(r.mirror, str(r.attempts), str(r.ok), str(r.retries), str(r.failed), f"{r.success_rate:.0%}",
+                          f"{r.bytes / 1e6:.1f} MB", f"{r.throughput / 1e6:.1f} MB/s")
+        _out().print(table)
+    order = services.config.mirror_order(os.environ.get("HF_ENDPOINT"), services.ledger.mirror_ranking())
+    click.echo("the next build tries the approved mirrors in this order (every model's record counts):")
+    for number, mirror in enumerate(order, start=1):
+        click.echo(f"  {number}. {mirror.name}: {mirror.reason}")
+
+
+@cli.command()
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Write the report to this file: one self-contained page (inline SVG, no script, no link out).")
+@click.pass_context
+def report(ctx: click.Context, html_path: Path) -> None:
+    """The ledger's figures as charts, the dashboard's without Grafana: downloads per mirror against
+    the 95% target, builds, smoke times, sizes, push speed, deploys and rollbacks."""
+    from builder.errors import InputError
+    from builder.report import write_report
+
+    services = _services(ctx, _project(ctx))
+    try:
+        write_report(services.ledger, html_path)
+    except OSError as exc:
+        raise InputError(f"{html_path}: cannot write the report: {exc.strerror}: choose a writable path") from None
+    click.echo(f"wrote {html_path}")
 
 
 @cli.group()
@@ -765,6 +813,30 @@ def schema(ctx: click.Context, write: bool, check: bool) -> None:
         click.echo(f"{path} is up to date")
     else:
         click.echo(text, nl=False)
+
+
+@cli.command()
+@click.option("--write", is_flag=True, help="Write builder/monitoring/dashboard.json and alerts.yml.")
+@click.option("--check", is_flag=True, help="Exit 1 when a committed file differs from what the code generates.")
+def monitoring(write: bool, check: bool) -> None:
+    """The Grafana dashboard and the Prometheus alert rules for `stats --prometheus` (generated)."""
+    from builder.errors import BuilderError as _Error, InputError
+
+    try:
+        from builder import monitoring as generated
+        if write == check:
+            raise InputError("say --write (regenerate the files) or --check (compare them with the code)")
+        if write:
+            for path in generated.write():
+                click.echo(f"wrote {path}")
+            return
+        stale = generated.stale()
+    except ImportError as exc:
+        raise InputError(f"{exc.name} is not installed: pip install -e '.[dev]'") from None
+    if stale:
+        raise _Error(f"{', '.join(str(p) for p in stale)} out of date: run `python -m builder monitoring --write` "
+                     "and commit the result")
+    click.echo("dashboard.json and alerts.yml are up to date")
 
 
 class _RedactedStream:

@@ -9,7 +9,9 @@ ever fetched from, and HF_ENDPOINT must name one of them.
 from __future__ import annotations
 
 import os
+import time
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from builder.errors import ConfigError
 from builder.fetch import OFFICIAL_HUB, FetchConfig, Mirror
 from builder.ledger import is_postgres_url
+from builder.ranking import MirrorAttempt, RankedMirror, as_configured, rank_mirrors
 from builder.redact import redact_url, remember_url
 
 
@@ -100,8 +103,9 @@ class BuilderConfig(BaseModel):
         description="Approved Hub-compatible endpoints, in order of preference.",
     )
     prefer_fastest_mirror: bool = Field(
-        default=True, description="Order mirrors by their success rate and speed in the download ledger."
-    )
+        default=True, description="Order the mirrors by their record in the download ledger: success ratio, then "
+                                  "throughput, recent attempts weighted more (builder/ranking.py); the configured order "
+                                  "breaks ties and applies where there is no record.")
     fetch: FetchTuning = Field(default_factory=FetchTuning, description="Download tuning.")
     ledger: str | None = Field(default=None, description="Where the build ledger lives: a SQLite file's path (default: "
                                "$XDG_STATE_HOME/builder/ledger.sqlite3), or postgresql://user:password@host:port/db "
@@ -140,15 +144,17 @@ class BuilderConfig(BaseModel):
         wanted = url.rstrip("/")
         return next((m for m in self.mirrors if m.url == wanted), None)
 
-    def fetch_config(self, endpoint: str | None, ranking: list[str] | None = None) -> FetchConfig:
-        """The mirrors to try, in order: the explicit endpoint first (it must be approved), then
-        by the ledger's ranking when enabled, then as configured."""
+    def mirror_order(self, endpoint: str | None, history: Sequence[MirrorAttempt] | None = None,
+                     now: float | None = None) -> list[RankedMirror]:
+        """The approved mirrors in the order a build tries them, each with why: the explicit
+        endpoint first (it must be approved), then as the ledger's record ranks them (when
+        prefer_fastest_mirror), else as configured."""
         for url in (endpoint, *(m.url for m in self.mirrors)):
             remember_url(url)  # a mirror's credentials: used by the fetch, never shown
-        order = list(self.mirrors)
-        if ranking and self.prefer_fastest_mirror:
-            position = {name: i for i, name in enumerate(ranking)}
-            order.sort(key=lambda m: position.get(m.name, len(position)))
+        if not self.prefer_fastest_mirror:
+            order = as_configured(self.mirrors, "as configured (prefer_fastest_mirror is off)")
+        else:
+            order = rank_mirrors(self.mirrors, history or (), time.time() if now is None else now)
         if endpoint:
             chosen = self.approved(endpoint)
             if chosen is None:
@@ -157,8 +163,13 @@ class BuilderConfig(BaseModel):
                     f"HF_ENDPOINT {redact_url(endpoint)} is not an approved mirror (approved: {approved}): add it to the "
                     f"builder configuration's mirrors or unset HF_ENDPOINT"
                 )
-            order.remove(chosen)
-            order.insert(0, chosen)
+            order = [RankedMirror(chosen.name, chosen.url, None, "HF_ENDPOINT (or --hf-endpoint) names it: tried first"),
+                     *(m for m in order if m.name != chosen.name)]
+        return order
+
+    def fetch_config(self, endpoint: str | None, history: Sequence[MirrorAttempt] | None = None) -> FetchConfig:
+        """The fetch configuration: the mirrors in mirror_order's order, with the configured tuning."""
+        order = self.mirror_order(endpoint, history)
         return FetchConfig(mirrors=tuple(Mirror(m.name, m.url) for m in order), **self.fetch.model_dump())
 
 

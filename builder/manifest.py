@@ -458,6 +458,11 @@ class Manifest(_Strict):
     def locked(self) -> bool:
         return all(source.locked for source in self.sources)
 
+    @property
+    def weights_bytes(self) -> int:
+        """The bytes of every artifact (one without a size yet, unlocked, counts nothing)."""
+        return sum(a.size or 0 for source in self.sources for a in source.artifacts)
+
     def unlocked_items(self) -> list[str]:
         items = []
         for i, source in enumerate(self.sources):

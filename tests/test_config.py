@@ -37,11 +37,16 @@ def test_hf_endpoint_must_be_approved_and_goes_first() -> None:
 
 
 def test_history_reorders_unless_disabled() -> None:
-    assert [m.name for m in config(**TWO).fetch_config(None, ["olah", "hub"]).mirrors] == ["olah", "hub"]
+    import time
+
+    from builder.ranking import MirrorAttempt
+
+    hub_fails = [MirrorAttempt("hub", time.time(), "failed", 0, 1.0)] * 4
+    assert [m.name for m in config(**TWO).fetch_config(None, hub_fails).mirrors] == ["olah", "hub"]
     pinned = config(**TWO, prefer_fastest_mirror=False)
-    assert [m.name for m in pinned.fetch_config(None, ["olah", "hub"]).mirrors] == ["hub", "olah"]
+    assert [m.name for m in pinned.fetch_config(None, hub_fails).mirrors] == ["hub", "olah"]
     # an explicit endpoint still wins over history
-    assert [m.name for m in config(**TWO).fetch_config("https://huggingface.co", ["olah"]).mirrors] == ["hub", "olah"]
+    assert [m.name for m in config(**TWO).fetch_config("https://huggingface.co", hub_fails).mirrors] == ["hub", "olah"]
 
 
 def test_a_yaml_config_file_and_its_errors(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from builder.errors import ConfigError
 from builder.fetch import Attempt
 from builder.ledger import MIGRATIONS, Ledger
+from builder.ranking import rank_mirrors
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,13 +67,21 @@ def test_stats_per_mirror(location: str) -> None:
     assert [s.mirror for s in ledger.mirror_stats(model="other")] == []
 
 
+class _Mirror:
+    def __init__(self, name: str) -> None:
+        self.name, self.url = name, f"https://{name}.example"
+
+
 def test_ranking_prefers_reliable_then_fast_mirrors_with_enough_history(location: str) -> None:
     ledger = Ledger(location)
     ledger.record_attempts([attempt("slow", "ok", 1000, 10.0) for _ in range(3)])
     ledger.record_attempts([attempt("fast", "ok", 1000, 1.0) for _ in range(3)])
     ledger.record_attempts([attempt("flaky", "ok", 1000, 0.1), attempt("flaky", "failed"), attempt("flaky", "failed")])
     ledger.record_attempts([attempt("new", "ok", 10**9, 0.001)])  # too little history to rank
-    assert ledger.mirror_ranking() == ["fast", "slow", "flaky"]
+    ledger.record_attempts([attempt("cache", "cached", 0, 0.0)])  # no mirror's attempt
+    configured = [_Mirror(name) for name in ("new", "flaky", "slow", "fast")]
+    assert [m.name for m in rank_mirrors(configured, ledger.mirror_ranking(), time.time())] == ["fast", "slow", "new", "flaky"]
+    assert {r.mirror for r in ledger.mirror_ranking()} == {"slow", "fast", "flaky", "new"}
 
 
 def _run_at_once(script: str, path: str, names: tuple[str, ...]) -> None:

@@ -30,6 +30,8 @@ class HubFile:
     path: str
     size: int
     lfs: bool
+    sha256: str | None = None  # an LFS file's sha256, as the Hub lists it (plain git files have none)
+    blob_id: str | None = None  # the git blob id (of the LFS pointer, for an LFS file)
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,8 @@ class HubReader:
 
         def call(api: Any) -> dict[str, HubFile]:
             entries = api.list_repo_tree(self.repo_id, revision=commit, recursive=True, repo_type=self.repo_type)
-            return {e.path: HubFile(e.path, e.size, e.lfs is not None) for e in entries if isinstance(e, RepoFile)}
+            return {e.path: HubFile(e.path, e.size, e.lfs is not None, e.lfs.sha256 if e.lfs else None, e.blob_id)
+                    for e in entries if isinstance(e, RepoFile)}
 
         return self._ask(f"cannot list {self.repo_id}@{commit[:12]}", commit, call)
 

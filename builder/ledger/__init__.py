@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -24,6 +25,7 @@ from builder.fetch import Attempt
 from builder.ledger._postgres import PostgresStore
 from builder.ledger._postgres import is_url as is_postgres_url
 from builder.ledger._sqlite import SQLiteStore
+from builder.ranking import HORIZON_DAYS, MirrorAttempt
 from builder.redact import redact
 
 MIGRATIONS: tuple[str, ...] = (
@@ -113,11 +115,16 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE deployments ADD COLUMN forced_reason TEXT;
     """,
+    # The weights' bytes of each build (the manifest's artifacts: the dashboard's sizes per
+    # version), and the ledger's own identity: several runners push one shared ledger's totals
+    # to a Pushgateway, and the dashboard counts each ledger once (builder/metrics.py).
+    """
+    ALTER TABLE builds ADD COLUMN weights_bytes INTEGER;
+    CREATE TABLE ledger_identity (id TEXT PRIMARY KEY);
+    """,
 )
 # The migrations are in the SQL SQLite and PostgreSQL share, in SQLite's spelling of the column types
 # (INTEGER, REAL, INTEGER PRIMARY KEY); builder/ledger/_postgres.py says how they are translated.
-# A mirror needs this many finished attempts before its history reorders the mirrors.
-MIN_ATTEMPTS_FOR_RANKING = 3
 
 
 def statements(script: str) -> list[str]:
@@ -165,6 +172,7 @@ class Ledger:
         try:
             with self._store.opening():
                 self._migrate()
+                self.identity = self._store.execute("SELECT id FROM ledger_identity")[0][0]
         except BaseException:
             self._store.close()
             raise
@@ -179,6 +187,8 @@ class Ledger:
                 for statement in statements(script):
                     self._store.execute(statement)
                 self._store.set_schema_version(number)
+            if not self._store.execute("SELECT id FROM ledger_identity"):  # made once, with the table
+                self._store.execute("INSERT INTO ledger_identity (id) VALUES (?)", (uuid.uuid4().hex,))
 
     def close(self) -> None:
         self._store.close()
@@ -205,6 +215,11 @@ class Ledger:
                 " VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
                 (build_id, model, version, manifest_digest, builder_version, git_commit, time.time()),
             )
+
+    def record_weights(self, build_id: str, weights_bytes: int) -> None:
+        """The bytes of the build's weights (its manifest's artifacts), for the sizes per version."""
+        with self._store.transaction():
+            self._store.execute("UPDATE builds SET weights_bytes = ? WHERE id = ?", (int(weights_bytes), build_id))
 
     def finish_build(self, build_id: str, status: str, *, image_id: str | None = None, repository: str | None = None,
                      digest: str | None = None, error: str | None = None, layers: list | None = None,
@@ -308,11 +323,14 @@ class Ledger:
         )
         return [MirrorStats(*row) for row in rows]
 
-    def mirror_ranking(self) -> list[str]:
-        """Mirrors with enough history, best first: success rate, then throughput."""
-        ranked = [s for s in self.mirror_stats() if s.attempts >= MIN_ATTEMPTS_FOR_RANKING]
-        ranked.sort(key=lambda s: (-round(s.success_rate, 2), -s.throughput))
-        return [s.mirror for s in ranked]
+    def mirror_ranking(self, now: float | None = None) -> list[MirrorAttempt]:
+        """What the mirror ranking reads (builder/ranking.py): every attempt on a mirror within
+        the ranking's horizon, oldest first. Cache hits are no mirror's attempts."""
+        since = (time.time() if now is None else now) - HORIZON_DAYS * 86400
+        rows = self._store.execute(
+            "SELECT mirror, at, outcome, bytes, seconds FROM download_attempts WHERE outcome != 'cached' AND at >= ?"
+            " ORDER BY id", (since,))
+        return [MirrorAttempt(*row) for row in rows]
 
     # -- figures for monitoring (builder/metrics.py) -------------------------------------------
     def download_totals(self) -> list[tuple[str, str, str, int, int, float]]:
@@ -321,8 +339,40 @@ class Ledger:
             "SELECT model, mirror, outcome, COUNT(*), CAST(COALESCE(SUM(bytes), 0) AS INTEGER), COALESCE(SUM(seconds), 0)"
             " FROM download_attempts GROUP BY model, mirror, outcome ORDER BY model, mirror, outcome"))
 
-    def build_rows(self) -> list[tuple[str, str, dict[str, float], float, float | None]]:
-        """(model, status, seconds per phase, started_at, finished_at) of every build, oldest first."""
-        rows = self._store.execute("SELECT model, status, seconds, started_at, finished_at FROM builds ORDER BY started_at")
-        return [(model, status, json.loads(seconds) if seconds else {}, started, finished)
-                for model, status, seconds, started, finished in rows]
+    def failures_in_a_row(self) -> list[tuple[str, int, float]]:
+        """(mirror, attempts that failed or were retried since its last success, when the last
+        of them was) for each mirror with such attempts."""
+        return list(self._store.execute(
+            "SELECT a.mirror, COUNT(*), MAX(a.at) FROM download_attempts a LEFT JOIN"
+            " (SELECT mirror, MAX(id) AS last_ok FROM download_attempts WHERE outcome = 'ok' GROUP BY mirror) o"
+            " ON o.mirror = a.mirror WHERE a.outcome IN ('retry', 'failed') AND a.id > COALESCE(o.last_ok, 0)"
+            " GROUP BY a.mirror ORDER BY a.mirror"))
+
+    def build_records(self) -> list[dict[str, Any]]:
+        """Every build, oldest first: model, version, status, seconds per phase, when it started
+        and finished, its digest and layers (digest and size once pushed) and its weights' bytes."""
+        rows = self._store.execute(
+            "SELECT id, model, version, status, seconds, started_at, finished_at, digest, layers, weights_bytes"
+            " FROM builds ORDER BY started_at")
+        return [{"id": build_id, "model": model, "version": version, "status": status,
+                 "seconds": json.loads(seconds) if seconds else {}, "started_at": started, "finished_at": finished,
+                 "digest": digest, "layers": json.loads(layers) if layers else [], "weights_bytes": weights}
+                for build_id, model, version, status, seconds, started, finished, digest, layers, weights in rows]
+
+    def smoke_records(self) -> list[tuple[str, str, bool, float | None, float | None, float]]:
+        """(model, version, passed, load seconds, inference seconds, when) of every smoke, oldest first."""
+        rows = self._store.execute(
+            "SELECT b.model, b.version, s.passed, s.load_seconds, s.inference_seconds, s.at FROM smoke_results s"
+            " JOIN builds b ON b.id = s.build_id ORDER BY s.at")
+        return [(model, version, bool(passed), load, inference, at) for model, version, passed, load, inference, at in rows]
+
+    def push_records(self) -> list[tuple[str, str, str, str, float]]:
+        """(build id, model, version, outcome, when) of every push, oldest first."""
+        return list(self._store.execute(
+            "SELECT p.build_id, b.model, p.tag, p.outcome, p.at FROM pushes p JOIN builds b ON b.id = p.build_id"
+            " ORDER BY p.at"))
+
+    def deployment_records(self) -> list[tuple[str, str | None, str, str, str, str | None, float]]:
+        """(model, version, digest, target, outcome, previous digest, when) of every deployment, oldest first."""
+        return list(self._store.execute(
+            "SELECT model, version, digest, target, outcome, previous_digest, at FROM deployments ORDER BY at"))

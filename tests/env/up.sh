@@ -36,6 +36,29 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >"$state/apt.log" 2>&1 || { cat "$state/apt.log" >&2; exit 1; }
 fi
 
+# -- issue 25: monitoring and report tests (Prometheus, Pushgateway, promtool, headless Chromium) --
+# tests/prometheus_stack.py runs its own Prometheus and Pushgateway on loopback ports; the
+# packages' own services must not start (on a machine with an init system they would listen on
+# every interface), so a policy-rc.d that refuses is put in place for the install when none is.
+mon_need=()
+for pair in prometheus:prometheus promtool:prometheus prometheus-pushgateway:prometheus-pushgateway chromium:chromium; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || mon_need+=("${pair#*:}")
+done
+if ((${#mon_need[@]})); then
+  log "installing ${mon_need[*]} (monitoring and report tests)"
+  made_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made_policy=1
+  fi
+  mapfile -t mon_need < <(printf '%s\n' "${mon_need[@]}" | sort -u)
+  mon_rc=0
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${mon_need[@]}"; } \
+    >"$state/apt-monitoring.log" 2>&1 || mon_rc=$?
+  [ "$made_policy" = 0 ] || rm -f /usr/sbin/policy-rc.d
+  [ "$mon_rc" = 0 ] || { cat "$state/apt-monitoring.log" >&2; exit 1; }
+fi
+# -- end of issue 25's block ----------------------------------------------------------------------
+
 # The docker.io client (20.10) runs BuildKit builds without the buildx plugin; a newer client
 # first on PATH may not. builder detects this itself; here we only need a client that talks.
 DOCKER=/usr/bin/docker

@@ -15,7 +15,9 @@ Spaces and datasets the same way, under /api/spaces/, /api/datasets/ and /spaces
 Errors carry the Hub's X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo)
 with its status. A repository is a directory; its commit id is a hash of its file listing,
 so the same files always publish under the same 40-hex revision, which a committed manifest
-can pin. `main` resolves to that commit.
+can pin. `main` resolves to that commit. `hub.commit(repo_id, directory)` adds a new commit on
+top, as a push to the Hub does: `main` moves to it and the earlier commits stay resolvable by
+their ids (the Hub keeps a repository's history; a pinned manifest still builds).
 
 With `cdn=True`, LFS files are not served by the Hub itself: HEAD and GET on /resolve answer
 302 to a second origin (another port), with X-Linked-Size / X-Linked-Etag, as the real Hub
@@ -153,6 +155,7 @@ class LoggedRequest:
 @dataclass
 class HubState:
     repos: dict[str, Repo] = field(default_factory=dict)
+    history: dict[str, dict[str, Repo]] = field(default_factory=dict)  # key -> earlier commit id -> the repo then
     log: list[LoggedRequest] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -261,12 +264,18 @@ class _Handler(BaseHTTPRequestHandler):
                 return None
         return repo
 
-    def _revision(self, repo: Repo, rev: str) -> bool:
+    def _at(self, repo: Repo, rev: str, kind: str | None = None) -> Repo | None:
+        """The repository at revision rev (main, its commit, or an earlier commit), or None (answered)."""
         rev = unquote(rev)
         if rev in ("main", repo.commit):
-            return True
+            return repo
+        key = f"{kind}/{repo.repo_id}" if kind in ("spaces", "datasets") else repo.repo_id
+        with self.state.lock:
+            earlier = self.state.history.get(key, {}).get(rev)
+        if earlier is not None:
+            return earlier
         self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
-        return False
+        return None
 
     # -- routes ---------------------------------------------------------------------------
     def do_HEAD(self) -> None:  # noqa: N802 - stdlib naming
@@ -307,7 +316,8 @@ class _Handler(BaseHTTPRequestHandler):
             repo_kind, ns, name, kind, rev, sub = api.groups()
             kind, rev = kind or "revision", rev or "main"
             repo = self._repo(ns, name, repo_kind)
-            if repo is None or not self._revision(repo, rev):
+            repo = repo and self._at(repo, rev, repo_kind)
+            if repo is None:
                 return
             if kind == "revision":
                 body = {
@@ -336,7 +346,8 @@ class _Handler(BaseHTTPRequestHandler):
         if resolve:
             repo_kind, ns, name, rev, file_path = resolve.groups()
             repo = self._repo(ns, name, repo_kind)
-            if repo is None or not self._revision(repo, rev):
+            repo = repo and self._at(repo, rev, repo_kind)
+            if repo is None:
                 return
             entry = repo.files.get(unquote(file_path))
             if entry is None:
@@ -452,20 +463,37 @@ class LocalHub:
         return self.state.cdn_url
 
     def publish(self, repo_id: str, source: Path, gated_tokens: set[str] | None = None, repo_type: str = "model") -> str:
-        """Copy a directory in as repo_id (a model, space or dataset; replacing it) and return its commit id."""
+        """Copy a directory in as repo_id (a model, space or dataset; replacing it, history and all, as
+        a force-push would) and return its commit id."""
         key = repo_id if repo_type == "model" else f"{repo_type}s/{repo_id}"
         dest = self.root / key
         if dest.exists():
             shutil.rmtree(dest)
+        with self.state.lock:
+            self.state.history.pop(key, None)
         shutil.copytree(source, dest)
         return self.serve_in_place(repo_id, dest, gated_tokens, repo_type)
 
     def serve_in_place(self, repo_id: str, directory: Path, gated_tokens: set[str] | None = None,
                        repo_type: str = "model") -> str:
         repo = scan_repo(repo_id, Path(directory), frozenset(gated_tokens) if gated_tokens is not None else None)
+        key = repo_id if repo_type == "model" else f"{repo_type}s/{repo_id}"
         with self.state.lock:
-            self.state.repos[repo_id if repo_type == "model" else f"{repo_type}s/{repo_id}"] = repo
+            self.state.repos[key] = repo
         return repo.commit
+
+    def commit(self, repo_id: str, source: Path, gated_tokens: set[str] | None = None, repo_type: str = "model") -> str:
+        """A new commit on repo_id with source's files (and gating): main moves to it, the earlier
+        commits stay resolvable by their ids. Returns the new commit id."""
+        key = repo_id if repo_type == "model" else f"{repo_type}s/{repo_id}"
+        with self.state.lock:
+            earlier = self.state.repos[key]
+            number = len(self.state.history.get(key, {})) + 1
+        dest = self.root / ".commits" / f"{key}@{number}"
+        shutil.copytree(source, dest)
+        with self.state.lock:
+            self.state.history.setdefault(key, {})[earlier.commit] = earlier
+        return self.serve_in_place(repo_id, dest, gated_tokens, repo_type)
 
     def inject(self, *faults: Fault) -> None:
         with self.state.lock:

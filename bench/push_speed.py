@@ -110,7 +110,7 @@ def acknowledged(registry: str, repo: str, image_id: str, state: Path) -> tuple[
     config, blobs = pusher.plan(image_id)
     held, total = 0, len(config)
     for blob in blobs:
-        size = blob.size or (blob.layer.size if blob.layer else 0)
+        size = blob.expected
         total += size
         holders = [client.ref.path(repo), *pusher.state.holders(blob.digest or "")]
         if blob.digest and any(client.blob_size(h, blob.digest) is not None for h in holders):

@@ -183,18 +183,17 @@ class RegistryClient:
               timeout: float | tuple[float, float] | None, redirects: bool) -> requests.Response:
         """One HTTP request. No connection at all, before the registry ever answered: Unreachable.
         A connection that broke after it had answered: Dropped (the caller may resume)."""
+        if self._answered:
+            try:
+                return self.session.request(method, url, headers=headers, data=data, stream=stream,
+                                            timeout=timeout or self.timeout, allow_redirects=redirects)
+            except requests.RequestException:
+                raise Dropped(f"the connection to {self.ref.base_url} broke during {method} {_short(url)}: "
+                              "check the network and the registry, and run the same command again") from None
         try:
             with reach.reaching("the registry", self.ref.base_url, reach.REGISTRY):
-                try:
-                    return self.session.request(method, url, headers=headers, data=data, stream=stream,
-                                                timeout=timeout or self.timeout, allow_redirects=redirects)
-                except requests.RequestException:
-                    if self._answered:
-                        raise _Broke() from None
-                    raise
-        except _Broke:
-            raise Dropped(f"the connection to {self.ref.base_url} broke during {method} {_short(url)}: "
-                          "check the network and the registry, and run the same command again") from None
+                return self.session.request(method, url, headers=headers, data=data, stream=stream,
+                                            timeout=timeout or self.timeout, allow_redirects=redirects)
         except requests.RequestException as exc:
             raise RegistryError(
                 f"the registry at {self.ref.base_url} did not answer {method} {_short(url)}: "
@@ -369,7 +368,9 @@ class RegistryClient:
         if response.status_code not in (200, 204):
             return None
         match = re.fullmatch(r"(?:bytes=)?0-(\d+)", response.headers.get("Range", "").strip())
-        return int(match.group(1)) + 1 if match else 0
+        # Distribution answers "0-0" for a session that holds nothing (and would for one byte,
+        # which no push leaves: a chunk is never that small); the spec's inclusive range cannot say.
+        return int(match.group(1)) + 1 if match and match.group(1) != "0" else 0
 
     def patch(self, path: str, location: str, body: Any, start: int, length: int | None,
               ranged: bool = True) -> str:
@@ -482,10 +483,6 @@ class RegistryClient:
         if found is not None:
             subject = {"mediaType": found[1].split(";")[0] or OCI_MANIFEST, "digest": digest, "size": len(found[0])}
         self.put_document(name, smoke_tag(digest), SMOKE_MEDIA_TYPE, document, subject)
-
-
-class _Broke(Exception):
-    """Inside `_send`: a request failed after the registry had answered before."""
 
 
 def _speaks_registry(response: requests.Response) -> bool:

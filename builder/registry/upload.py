@@ -412,10 +412,24 @@ class Uploader:
                     self.tally.stats.sent_bytes += len(out)
                 yield out
 
+        stream = packed()
         if not self.profile.streamed:
-            return self._gzip_pieces(path, session, packed(), digest)
+            return self._gzip_pieces(path, session, stream, digest)
+        head = bytearray()  # a layer that packs into one chunk goes with the closing PUT
+        for out in stream:
+            head += out
+            if len(head) > self.limits.chunk_for(session.minimum):
+                break
+        else:
+            blob_digest = "sha256:" + digest.hexdigest()
+            return blob_digest, self._close(path, session, bytes(head), blob_digest)
+
+        def rest() -> Iterator[bytes]:
+            yield bytes(head)
+            yield from stream
+
         try:  # one PATCH of unknown length (chunked transfer encoding), as `docker push` sends it
-            location = self.client.patch(path, session.location, packed(), 0, None, ranged=False)
+            location = self.client.patch(path, session.location, rest(), 0, None, ranged=False)
         except RegistryError as exc:
             if not transient(exc):
                 raise

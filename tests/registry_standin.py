@@ -248,13 +248,24 @@ def registry_standin(upstream: str, behaviour: Behaviour | None = None) -> Itera
             elif self.headers.get("Content-Length") is not None:
                 conn.putheader("Content-Length", self.headers["Content-Length"])
             conn.endheaders()
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sent = 0
             kept = bytearray()
+            pending = bytearray()  # small frames (`docker push` sends its layers in many) go on in 1 MiB sends
+
+            def flush() -> None:
+                if pending:
+                    conn.send(b"%x\r\n%s\r\n" % (len(pending), pending) if chunked else bytes(pending))
+                    pending.clear()
+
             for piece in _read_body(self):
                 sent += len(piece)
                 if self.rules.keep_bodies:
                     kept += piece
-                conn.send(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                pending += piece
+                if len(pending) >= MIB:
+                    flush()
+            flush()
             if chunked:
                 conn.send(b"0\r\n\r\n")
             entry["sent"] = sent

@@ -25,7 +25,8 @@ from builder.registry import RegistryClient, RegistryRef, profiles
 from builder.registry import layers as layer_store
 from builder.registry.layers import EngineLayers, LayerMismatch, LayersUnavailable
 from builder.registry.push import LAYER_GZIP, MIB, PushSettings, Pusher, _State
-from builder.registry.upload import Blob, BlobMismatch, Limits, PushStats, Tally, Uploader
+from builder.registry.blobs import Blob, BlobMismatch, Limits, PushStats, Tally
+from builder.registry.upload import Uploader
 from tests import registry_standin as standin
 from tests.engines import scratch_registry
 from tests.registry_auth import htpasswd_auth, write_htpasswd

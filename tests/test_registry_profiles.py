@@ -15,7 +15,7 @@ from builder.config import PushConfig
 from builder.errors import RegistryError
 from builder.registry import RegistryClient, RegistryRef, profiles
 from builder.registry.client import Refused
-from builder.registry.upload import MIB, Limits
+from builder.registry.blobs import MIB, Limits
 from tests.registry_standin import GHCR_TOO_LARGE
 
 

@@ -25,6 +25,7 @@ the push, and the push then goes through the engine itself.
 from __future__ import annotations
 
 import base64
+import bisect
 import ctypes
 import errno
 import gzip
@@ -132,6 +133,8 @@ class LayerTar:
         self.diff_dir = diff_dir
         self.pieces = pieces
         self.size = pieces[-1].offset + pieces[-1].size if pieces else 0
+        self._offsets = [piece.offset for piece in pieces]
+        self._files = any(piece.path for piece in pieces)
         self._crc_at: dict[int, tuple[int, int]] = {}  # piece offset -> (bytes of it hashed, CRC so far)
         self._lock = threading.Lock()
 
@@ -140,9 +143,10 @@ class LayerTar:
         CRC is checked when its last byte is read (reads that go on where the last one stopped,
         as an upload's chunks do, carry the sum along)."""
         end = self.size if end is None else min(end, self.size)
-        dir_fd = self._open_dir() if any(p.path for p in self.pieces) else -1
+        first = max(bisect.bisect_right(self._offsets, start) - 1, 0)
+        dir_fd = self._open_dir() if self._files else -1
         try:
-            for piece in self.pieces:
+            for piece in self.pieces[first:]:
                 if piece.offset + piece.size <= start or piece.size == 0:
                     continue
                 if piece.offset >= end:

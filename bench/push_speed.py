@@ -21,7 +21,8 @@ With `--profile ghcr`, both pushes go through a stand-in that answers as GHCR do
 the same registry, and the builder pushes three ways: its GHCR profile (each large blob in one
 PATCH without Content-Range, as `docker push` sends it), that profile held to 4 MiB chunks with
 Content-Range (each acknowledged, resumable), and nothing configured (the first 416 teaches the
-limit). Only the push times are measured then.
+limit); both also push straight to the registry, for what the stand-in itself costs. Only the
+push times are measured then.
 
 The table goes into as_built.md.
 """
@@ -175,7 +176,8 @@ def ghcr_profile(args: argparse.Namespace, engine, run: str, mib: int) -> None:
     ways = {"ghcr profile (streamed PATCH)": profiles.by_name("ghcr"),
             "ghcr profile, 4 MiB chunks": dataclasses.replace(profiles.by_name("ghcr"), streamed=False),
             "nothing configured (learns from the 416)": profiles.DEFAULT}
-    times: dict[str, list[float]] = {"docker push": [], **{name: [] for name in ways}}
+    direct = {"docker push, straight to the registry": None, "builder, straight to the registry": profiles.DEFAULT}
+    times: dict[str, list[float]] = {"docker push": [], **{name: [] for name in ways}, **{name: [] for name in direct}}
     requests_made: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="push-bench-", dir="/var/tmp") as tmp:
         work = Path(tmp)
@@ -183,16 +185,22 @@ def ghcr_profile(args: argparse.Namespace, engine, run: str, mib: int) -> None:
             print(f"GHCR stand-in {registry} in front of {upstream}; {args.files} x {mib} MiB per image, {args.rounds} rounds")
             base_id = engine.images.get(BASE).id
             docker_push(engine, registry, f"warm-docker-{run}", base_id)
+            docker_push(engine, upstream, f"warm-docker-direct-{run}", base_id)
+            builder_push(upstream, f"warm-builder-direct-{run}", base_id, work / "state-direct")
             for i, profile in enumerate(ways.values()):
                 builder_push(registry, f"warm-builder-{run}-{i}", base_id, work / f"state-{i}",
                              settings=PushSettings(chunk_bytes=SETTINGS.chunk_bytes, profile=profile))
             for r in range(args.rounds):
                 image_id = build_image(work, f"bench-push-{run}-{r}:1", f"{run}-{r}", "v1", args.files, mib)
-                order = ["docker push", *ways]
+                order = ["docker push", *ways, *direct]
                 for name in (order if r % 2 == 0 else order[::-1]):
                     before = len(log.requests)
                     if name == "docker push":
                         seconds, _ = docker_push(engine, registry, f"d-{run}-{r}", image_id)
+                    elif name in direct and direct[name] is None:
+                        seconds, _ = docker_push(engine, upstream, f"dd-{run}-{r}", image_id)
+                    elif name in direct:
+                        seconds, _ = builder_push(upstream, f"bd-{run}-{r}", image_id, work / "state-direct")
                     else:
                         i = list(ways).index(name)
                         seconds, _ = builder_push(registry, f"b{i}-{run}-{r}", image_id, work / f"state-{i}",
@@ -242,6 +250,8 @@ def main() -> None:
             # Both methods first push the base image, untimed: in use, the base is in the registry.
             base_id = engine.images.get(BASE).id
             docker_push(engine, registry, f"warm-docker-{run}", base_id)
+            docker_push(engine, upstream, f"warm-docker-direct-{run}", base_id)
+            builder_push(upstream, f"warm-builder-direct-{run}", base_id, work / "state-direct")
             builder_push(registry, f"warm-builder-{run}", base_id, work / "state")
             theirs, ours, our_stats = [], [], []
             images = []

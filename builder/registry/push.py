@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import RegistryError
+from builder.registry.blobs import MIB, Blob, BlobMismatch, Limits, PushStats, PushStopped, Tally
 from builder.registry.client import OCI_MANIFEST, MountRefused, RegistryClient
 from builder.registry.layers import BLOCK, EngineLayers, LayersUnavailable
 from builder.registry.profiles import Profile
-from builder.registry.blobs import MIB, Blob, BlobMismatch, Limits, PushStats, PushStopped, Tally
 from builder.registry.upload import Uploader, gzip_stream
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"

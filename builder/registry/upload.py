@@ -34,6 +34,7 @@ from builder.errors import RegistryError
 from builder.registry.blobs import MIB, Blob, BlobMismatch, Limits, PushStopped, Tally
 from builder.registry.client import RegistryClient, Refused, transient
 
+
 class _Body:
     """A request body of known length, streamed from an iterator (requests sends Content-Length)."""
 
@@ -90,8 +91,8 @@ def checked(chunks: Iterator[bytes], diff_id: str) -> Iterator[bytes]:
         digest.update(chunk)
         yield chunk
     if "sha256:" + digest.hexdigest() != diff_id:
-        raise BlobMismatch(f"layer {diff_id[:19]} read back as sha256:{digest.hexdigest()[:12]}: the engine's layer "
-                           "store does not hold that layer any more; nothing of it was committed: build again")
+        raise BlobMismatch(f"layer {diff_id[:19]} read back as sha256:{digest.hexdigest()[:12]}: where it was read "
+                           "from no longer holds that layer; nothing of it was committed: build again")
 
 
 @dataclass
@@ -168,10 +169,9 @@ class Uploader:
             try:
                 self.client.finish(path, session.location, blob.digest, body, blob.size)
                 return
-            except Refused as exc:
+            except RegistryError as exc:  # a body limit, or a dropped PUT: on in chunks from what is held
                 self.tally.set_done(blob, 0)
-                if not self.limits.learn(exc, blob.size):
-                    raise
+                session = self._recover(path, blob, session, exc, blob.size, 1)
         if self.profile.streamed:
             session = self._stream(path, blob, session)
         else:

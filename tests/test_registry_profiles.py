@@ -111,3 +111,17 @@ def test_a_web_page_is_not_a_registry(mode: str) -> None:
 
 def test_a_real_registry_passes_the_check(registry: str) -> None:
     RegistryClient(RegistryRef.parse(registry)).check()
+
+
+def test_mount_sources_are_remembered_per_credentials_and_never_with_them(tmp_path: Path) -> None:
+    """moby mounts only from repositories pushed with the same credentials (moby/moby#26564)."""
+    from builder.registry.auth import Credentials
+    from builder.registry.push import _State
+
+    alice = Credentials("alice", "alice-password-1").fingerprint()
+    _State(tmp_path, "reg.example", alice).remember_holder("sha256:" + "1" * 64, "team/a")
+    assert _State(tmp_path, "reg.example", alice).holders("sha256:" + "1" * 64) == ["team/a"]
+    assert _State(tmp_path, "reg.example", Credentials("bob", "pw").fingerprint()).holders("sha256:" + "1" * 64) == []
+    assert _State(tmp_path, "reg.example").holders("sha256:" + "1" * 64) == []  # anonymous
+    assert _State(tmp_path, "other.example", alice).holders("sha256:" + "1" * 64) == []
+    assert "alice-password-1" not in (tmp_path / "blobs.json").read_text()

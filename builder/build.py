@@ -322,8 +322,9 @@ def publish_weights(manifest: Manifest, fetch_config, client: RegistryClient, di
 
 def push_image(docker: Docker, client: RegistryClient, name: str, tag: str, image_id: str, settings: PushConfig,
                say: Say, on_event: Callable[[Any], None]) -> str:
-    """Push the image: the builder's own push (uncompressed weights, parallel, resumable) where
-    the engine's layer store can be read, else the engine's push. Returns the manifest digest."""
+    """Push the image: the builder's own push (uncompressed weights, parallel, resumable, by the
+    registry's profile) where the engine's layer store can be read, else the engine's push, with
+    one line saying why. Returns the manifest digest."""
     store = None
     if settings.engine != "docker":
         try:
@@ -333,18 +334,26 @@ def push_image(docker: Docker, client: RegistryClient, name: str, tag: str, imag
                 raise RegistryError(f"push.engine is builder, but {exc}: run where the engine's data root is "
                                     "readable, or set push.engine to auto") from None
             say(f"pushing through the Docker engine (gzip, one layer at a time): {exc}")
-    if store is None:
-        return docker.push(client.ref.repository(name), tag, on_event)
-    pusher = Pusher(client, store, PushSettings(parallel=settings.parallel, chunk_bytes=settings.chunk_mb * MIB,
-                                                gzip_level=settings.gzip_level,
-                                                max_layer_bytes=settings.max_layer_bytes(client.ref.host)), on_event)
-    digest = pusher.push(name, tag, image_id)
-    stats = pusher.stats
-    say(f"pushed in {stats.seconds:.1f}s: {stats.blobs} blobs, {stats.sent_bytes / 1e9:.2f} GB sent "
-        f"({stats.weight_bytes_sent / 1e9:.2f} GB of it weights, uncompressed), {stats.present} already there, "
-        f"{stats.mounted} mounted from other repositories"
-        + (f", {stats.resumed_bytes / 1e9:.2f} GB not sent again (resumed)" if stats.resumed_bytes else ""))
-    return digest
+    if store is not None:
+        profile = settings.profile(client.ref.host)
+        pusher = Pusher(client, store, PushSettings(parallel=settings.parallel, chunk_bytes=settings.chunk_mb * MIB,
+                                                    gzip_level=settings.gzip_level, profile=profile,
+                                                    max_layer_bytes=settings.max_layer_bytes(client.ref.host)), on_event)
+        try:
+            digest = pusher.push(name, tag, image_id)
+        except LayersUnavailable as exc:  # a file the push may not read (a rootless engine's, say)
+            if settings.engine == "builder":
+                raise RegistryError(f"push.engine is builder, but {exc}: set push.engine to auto") from None
+            say(f"pushing through the Docker engine (gzip, one layer at a time): {exc}")
+        else:
+            stats = pusher.stats
+            say(f"pushed in {stats.seconds:.1f}s: {stats.blobs} blobs, {stats.sent_bytes / 1e9:.2f} GB sent "
+                f"({stats.weight_bytes_sent / 1e9:.2f} GB of it weights, uncompressed), {stats.present} already there, "
+                f"{stats.mounted} mounted from other repositories"
+                + (f", {stats.resumed_bytes / 1e9:.2f} GB not sent again (resumed)" if stats.resumed_bytes else ""))
+            return digest
+    credentials = client.auth.credentials
+    return docker.push(client.ref.repository(name), tag, on_event, credentials.engine_auth() if credentials else None)
 
 
 def _same_image(client: RegistryClient, name: str, remote, image_id: str) -> bool:

@@ -16,12 +16,21 @@ repositories, the order alternating; medians are printed. Then:
   the registry, so the blobs in flight start over);
 - pulls of both images, by digest, into a second Docker engine with an empty data root.
 
+With `--profile ghcr`, both pushes go through a stand-in that answers as GHCR does
+(tests/registry_standin.py: a chunk over 4 MiB with Content-Range refused with 416) in front of
+the same registry, and the builder pushes three ways: its GHCR profile (each large blob in one
+PATCH without Content-Range, as `docker push` sends it), that profile held to 4 MiB chunks with
+Content-Range (each acknowledged, resumable), and nothing configured (the first 416 teaches the
+limit); both also push straight to the registry, for what the stand-in itself costs. Only the
+push times are measured then.
+
 The table goes into as_built.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -36,10 +45,11 @@ from pathlib import Path
 
 import docker
 
-from builder.registry import RegistryClient, RegistryRef
+from builder.registry import RegistryClient, RegistryRef, profiles
 from builder.registry.layers import EngineLayers
 from builder.registry.push import PushSettings, PushStopped, Pusher
 from tests.engines import scratch_registry, second_engine
+from tests.registry_standin import ghcr, registry_standin
 
 BASE = "builder-local/debian:bookworm"
 DOCKER_CLI = "/usr/bin/docker"
@@ -110,7 +120,7 @@ def acknowledged(registry: str, repo: str, image_id: str, state: Path) -> tuple[
     config, blobs = pusher.plan(image_id)
     held, total = 0, len(config)
     for blob in blobs:
-        size = blob.size or (blob.layer.size if blob.layer else 0)
+        size = blob.expected
         total += size
         holders = [client.ref.path(repo), *pusher.state.holders(blob.digest or "")]
         if blob.digest and any(client.blob_size(h, blob.digest) is not None for h in holders):
@@ -160,6 +170,57 @@ def pull(client, reference: str) -> float:
     return seconds
 
 
+def ghcr_profile(args: argparse.Namespace, engine, run: str, mib: int) -> None:
+    """Push times through a stand-in that answers as GHCR: `docker push` against the builder's
+    GHCR profile (streamed), the same profile in 4 MiB chunks, and the builder with nothing configured."""
+    ways = {"ghcr profile (streamed PATCH)": profiles.by_name("ghcr"),
+            "ghcr profile, 4 MiB chunks": dataclasses.replace(profiles.by_name("ghcr"), streamed=False),
+            "nothing configured (learns from the 416)": profiles.DEFAULT}
+    direct = {"docker push, straight to the registry": None, "builder, straight to the registry": profiles.DEFAULT}
+    times: dict[str, list[float]] = {"docker push": [], **{name: [] for name in ways}, **{name: [] for name in direct}}
+    requests_made: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="push-bench-", dir="/var/tmp") as tmp:
+        work = Path(tmp)
+        with scratch_registry(work / "registry") as upstream, registry_standin(upstream, ghcr()) as (registry, log):
+            print(f"GHCR stand-in {registry} in front of {upstream}; {args.files} x {mib} MiB per image, {args.rounds} rounds")
+            base_id = engine.images.get(BASE).id
+            docker_push(engine, registry, f"warm-docker-{run}", base_id)
+            docker_push(engine, upstream, f"warm-docker-direct-{run}", base_id)
+            builder_push(upstream, f"warm-builder-direct-{run}", base_id, work / "state-direct")
+            for i, profile in enumerate(ways.values()):
+                builder_push(registry, f"warm-builder-{run}-{i}", base_id, work / f"state-{i}",
+                             settings=PushSettings(chunk_bytes=SETTINGS.chunk_bytes, profile=profile))
+            for r in range(args.rounds):
+                image_id = build_image(work, f"bench-push-{run}-{r}:1", f"{run}-{r}", "v1", args.files, mib)
+                order = ["docker push", *ways, *direct]
+                for name in (order if r % 2 == 0 else order[::-1]):
+                    before = len(log.requests)
+                    if name == "docker push":
+                        seconds, _ = docker_push(engine, registry, f"d-{run}-{r}", image_id)
+                    elif name in direct and direct[name] is None:
+                        seconds, _ = docker_push(engine, upstream, f"dd-{run}-{r}", image_id)
+                    elif name in direct:
+                        seconds, _ = builder_push(upstream, f"bd-{run}-{r}", image_id, work / "state-direct")
+                    else:
+                        i = list(ways).index(name)
+                        seconds, _ = builder_push(registry, f"b{i}-{run}-{r}", image_id, work / f"state-{i}",
+                                                  settings=PushSettings(chunk_bytes=SETTINGS.chunk_bytes,
+                                                                        profile=ways[name]))
+                    times[name].append(seconds)
+                    requests_made[name] = len(log.requests) - before
+                    print(f"  round {r + 1}: {name}: {seconds:.1f}s, {requests_made[name]} requests")
+        for image in engine.images.list(name=f"bench-push-{run}-*"):
+            engine.images.remove(image.id, force=True)
+    theirs = statistics.median(times["docker push"])
+    print()
+    print("| push through a GHCR stand-in | seconds (median) | requests | vs docker push |")
+    print("|---|---|---|---|")
+    for name, values in times.items():
+        seconds = statistics.median(values)
+        print(f"| {name} | {seconds:.1f} | {requests_made[name]} | {theirs / seconds:.1f}x |")
+    print(json.dumps({name: statistics.median(values) for name, values in times.items()}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gib", type=float, default=2.0, help="Weights per image, GiB.")
@@ -167,6 +228,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="Push rounds (each method once per round).")
     parser.add_argument("--pulls", type=int, default=2, help="Pull rounds (each image once per round).")
     parser.add_argument("--chunk-mb", type=int, default=PushSettings().chunk_bytes // 2**20, help="Chunk size, MiB.")
+    parser.add_argument("--profile", choices=["ghcr"], help="Push through a stand-in that answers as this registry.")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     global SETTINGS
@@ -177,6 +239,9 @@ def main() -> None:
     mib = int(args.gib * 1024 / args.files)
     engine = docker.from_env(timeout=1200)
     run = hashlib.sha256(str(time.time()).encode()).hexdigest()[:8]
+    if args.profile == "ghcr":
+        ghcr_profile(args, engine, run, mib)
+        return
     rows: dict[str, object] = {"weights_gib": mib * args.files / 1024, "files": args.files}
     with tempfile.TemporaryDirectory(prefix="push-bench-", dir="/var/tmp") as tmp:
         work = Path(tmp)
@@ -185,6 +250,8 @@ def main() -> None:
             # Both methods first push the base image, untimed: in use, the base is in the registry.
             base_id = engine.images.get(BASE).id
             docker_push(engine, registry, f"warm-docker-{run}", base_id)
+            docker_push(engine, upstream, f"warm-docker-direct-{run}", base_id)
+            builder_push(upstream, f"warm-builder-direct-{run}", base_id, work / "state-direct")
             builder_push(registry, f"warm-builder-{run}", base_id, work / "state")
             theirs, ours, our_stats = [], [], []
             images = []

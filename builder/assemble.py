@@ -24,7 +24,9 @@ from builder.docker import Docker
 from builder.errors import RegistryError
 from builder.registry import RegistryClient, RegistryRef
 from builder.registry.layers import EngineLayers, LayersUnavailable
-from builder.registry.push import LAYER_GZIP, LAYER_TAR, MIB, Pusher, PushSettings, _Blob
+from builder.registry.blobs import Blob
+from builder.registry.push import LAYER_GZIP, LAYER_TAR, MIB, Pusher, PushSettings
+from builder.registry.upload import StreamUpload
 from builder.weights import WeightsLayer
 
 Say = Callable[[str], None]
@@ -53,7 +55,7 @@ def open_upload(ref: RegistryRef, name: str, settings: PushConfig, on_event: Cal
                 store: EngineLayers | None = None) -> Upload:
     client = RegistryClient(ref)
     pusher = Pusher(client, store, PushSettings(parallel=settings.parallel, chunk_bytes=settings.chunk_mb * MIB,
-                                                gzip_level=settings.gzip_level,
+                                                gzip_level=settings.gzip_level, profile=settings.profile(ref.host),
                                                 max_layer_bytes=settings.max_layer_bytes(ref.host)), on_event)
     return Upload(client, pusher, name)
 
@@ -75,7 +77,7 @@ def engine_store(docker: Docker, settings: PushConfig, say: Say) -> EngineLayers
 
 @dataclass
 class CodeBlobs:
-    blobs: list[_Blob]
+    blobs: list[Blob]
     scratch: tuple[str, str] | None = None  # (tag, manifest digest) of the engine's push, to delete
 
 
@@ -88,8 +90,9 @@ def code_blobs(docker: Docker, upload: Upload, code: CodeImage, store: EngineLay
         return CodeBlobs([upload.pusher.code_blob(layer) for layer in layers])
     tag = f"{code.image_id.replace(':', '-')}.code"
     docker.tag(code.image_id, upload.repository, tag)
+    credentials = upload.client.auth.credentials  # BUILDER_REGISTRY_*: the engine would not find them
     try:
-        docker.push(upload.repository, tag, on_event)
+        docker.push(upload.repository, tag, on_event, credentials.engine_auth() if credentials else None)
     finally:
         docker.untag(f"{upload.repository}:{tag}")
     found = upload.client.manifest(upload.name, tag)
@@ -103,13 +106,13 @@ def code_blobs(docker: Docker, upload: Upload, code: CodeImage, store: EngineLay
     return CodeBlobs(blobs, (tag, found[2]))
 
 
-def weights_blobs(upload: Upload, weights: list[WeightsLayer], early: dict[str, _Blob]) -> list[_Blob]:
+def weights_blobs(upload: Upload, weights: list[WeightsLayer], early: dict[str, Blob]) -> list[Blob]:
     """The weights layers as blobs, reusing those already sent early (by diff id)."""
     return [early.get(layer.diff_id) or upload.pusher.weights_blob(layer.blob) for layer in weights]
 
 
 def push_image(upload: Upload, reference: str | None, config: bytes, code: CodeImage, code_part: CodeBlobs,
-               weights: list[_Blob], say: Say) -> str:
+               weights: list[Blob], say: Say) -> str:
     """Every blob, then the manifest (tagged `reference`, or by digest when None); its digest."""
     layers = [*code_part.blobs[: code.split], *weights, *code_part.blobs[code.split:]]
     digest = upload.pusher.push_blobs(upload.name, reference, config, layers)
@@ -127,56 +130,6 @@ def push_image(upload: Upload, reference: str | None, config: bytes, code: CodeI
     return digest
 
 
-class BlobStream:
-    """A blob written in order, as its bytes arrive, into one upload session: PATCHes of the
-    registry's chunk size, the last with the final PUT that names the digest. Nothing is
-    committed unless `commit` is called; `abort` cancels the session."""
-
-    def __init__(self, upload: Upload) -> None:
-        self.upload = upload
-        self.path = upload.client.ref.path(upload.name)
-        self.location: str | None = None
-        self.chunk = 0
-        self.offset = 0
-        self.buffer = bytearray()
-
-    def _open(self) -> None:
-        location, headers = self.upload.client.start_upload(self.path)
-        assert location is not None
-        self.location = location
-        self.chunk = max(self.upload.pusher._chunk_limit(), int(headers.get("OCI-Chunk-Min-Length") or 0))
-
-    def write(self, data: bytes) -> None:
-        if self.location is None:
-            self._open()
-        self.buffer += data
-        while len(self.buffer) >= self.chunk:
-            self._send(bytes(self.buffer[: self.chunk]))
-            del self.buffer[: self.chunk]
-
-    def _send(self, piece: bytes) -> None:
-        assert self.location is not None
-        self.location = self.upload.client.patch(self.path, self.location, piece, self.offset, len(piece))
-        self.offset += len(piece)
-        self.upload.pusher._advance_stream(len(piece))
-
-    def commit(self, digest: str, size: int) -> None:
-        if self.location is None:
-            self._open()
-        if self.buffer:
-            self._send(bytes(self.buffer))
-            self.buffer.clear()
-        if self.offset != size:
-            self.abort()
-            raise RegistryError(f"sent {self.offset} bytes of a {size}-byte layer: the stream broke off")
-        self.upload.client.finish(self.path, self.location, digest)  # type: ignore[arg-type]
-
-    def abort(self) -> None:
-        self.buffer.clear()
-        if self.location is not None:
-            try:  # the distribution spec's cancel; a registry that cannot forgets it in time
-                self.upload.client.request("DELETE", self.location, self.upload.client._scopes(self.path, True),
-                                           retry=False)
-            except RegistryError:
-                pass
-            self.location = None
+def blob_stream(upload: Upload) -> StreamUpload:
+    """A weights layer streamed into the image's repository as its bytes arrive (--assemble-only)."""
+    return StreamUpload(upload.pusher.uploader, upload.client.ref.path(upload.name))

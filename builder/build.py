@@ -37,7 +37,7 @@ from builder.redact import SECRETS, remember
 from builder.registry import RegistryClient, RegistryRef, smoke_tag
 from builder.registry.auth import find_credentials
 from builder.registry.layers import EngineLayers, LayersUnavailable
-from builder.registry.push import _Blob
+from builder.registry.blobs import Blob
 from builder.render import DEFAULT_PORT, RenderOptions, layer_limit_problems, write_context
 from builder.smoke import require_pass, run_smoke, smoke_summary
 from builder.weights import SMALL, WeightsLayer, WeightsPlan, frames, smoke_mounts, weights_layers, weights_plan
@@ -155,7 +155,7 @@ class Build:
     seconds: dict[str, float] = field(default_factory=dict)
     attempts: list[Attempt] = field(default_factory=list)
     fetched: dict[str, FetchedFile] = field(default_factory=dict)
-    early: dict[str, _Blob] = field(default_factory=dict)  # weights blobs sent while fetching, by diff id
+    early: dict[str, Blob] = field(default_factory=dict)  # weights blobs sent while fetching, by diff id
     upload: Upload | None = None
     code: CodeImage | None = None
     weights: list[WeightsLayer] = field(default_factory=list)
@@ -367,13 +367,13 @@ def _streamed_or_cached(build: Build, cache: ContentCache) -> tuple[list[Planned
 def _stream_all(build: Build, engine: FetchEngine, items: list[PlannedFile]) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from builder.assemble import BlobStream
+    from builder.assemble import blob_stream
     from builder.fetch.stream import stream_file
     from builder.weights.tar import file_layer_frame
 
     def one(item: PlannedFile) -> None:
         frame = file_layer_frame(str(build.plan.blob_path(item.sha256)).lstrip("/"), item.size)  # type: ignore[arg-type]
-        done = stream_file(engine, item, frame, BlobStream(build.upload))  # type: ignore[arg-type]
+        done = stream_file(engine, item, frame, blob_stream(build.upload))  # type: ignore[arg-type]
         build.services.cache().record_layer(done.sha256, FORMAT_VERSION, done.layer_digest, done.layer_size)
         with build.lock:
             build.elsewhere[done.sha256] = (done.layer_digest, done.layer_size)
@@ -482,7 +482,7 @@ def _read_file(path: Path):
             yield chunk
 
 
-def _push_parts(build: Build) -> tuple[Upload, CodeBlobs, list[_Blob]]:
+def _push_parts(build: Build) -> tuple[Upload, CodeBlobs, list[Blob]]:
     upload = build.upload
     assert upload is not None and build.code is not None
     store = engine_store(build.docker, build.services.config.push, build.say)
@@ -490,12 +490,25 @@ def _push_parts(build: Build) -> tuple[Upload, CodeBlobs, list[_Blob]]:
     return upload, code_part, weights_blobs(upload, build.weights, build.early)
 
 
+def _push(build: Build, reference: str | None) -> str:
+    """Every blob and the manifest. A code layer the builder may not read after all (a rootless
+    engine's file, say) hands the code layers to the engine's push, with one line."""
+    upload, code_part, weights = _push_parts(build)
+    try:
+        return push_image(upload, reference, build.config, build.code, code_part, weights, build.say)  # type: ignore[arg-type]
+    except LayersUnavailable as exc:
+        if build.services.config.push.engine == "builder":
+            raise RegistryError(f"push.engine is builder, but {exc}: set push.engine to auto") from None
+        build.say(f"code layers go up through the Docker engine's own push: {exc}")
+    code_part = code_blobs(build.docker, upload, build.code, None, build.on_push_event)  # type: ignore[arg-type]
+    return push_image(upload, reference, build.config, build.code, code_part, weights, build.say)  # type: ignore[arg-type]
+
+
 def _push_and_tag(build: Build, result: BuildResult) -> BuildResult:
     manifest = build.manifest
     build.say(f"push {result.tag}")
     started = time.perf_counter()
-    upload, code_part, weights = _push_parts(build)
-    digest = push_image(upload, manifest.version, build.config, build.code, code_part, weights, build.say)  # type: ignore[arg-type]
+    digest = _push(build, manifest.version)
     build.seconds["push"] = round(time.perf_counter() - started, 2)
     return _record_push(build, result, digest, "pushed")
 
@@ -503,13 +516,12 @@ def _push_and_tag(build: Build, result: BuildResult) -> BuildResult:
 def _assemble_only(build: Build, result: BuildResult) -> BuildResult:
     build.say(f"push {build.repository} by digest, untagged: `python -m builder smoke` on a GPU host tags it")
     started = time.perf_counter()
-    upload, code_part, weights = _push_parts(build)
-    digest = push_image(upload, None, build.config, build.code, code_part, weights, build.say)  # type: ignore[arg-type]
+    digest = _push(build, None)
     build.seconds["push"] = round(time.perf_counter() - started, 2)
     build.ledger.record_push(build.build_id, build.repository, "", digest, "pushed")  # "": no tag yet
     result.digest_reference = f"{build.repository}@{digest}"
     result.smoke_via = "none"
-    build.layers = _pushed_layers(upload.client, build.manifest.name, digest)
+    build.layers = _pushed_layers(build.upload.client, build.manifest.name, digest)  # type: ignore[union-attr]
     return result
 
 

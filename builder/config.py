@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from builder.errors import ConfigError
 from builder.fetch import OFFICIAL_HUB, FetchConfig, Mirror
 from builder.ledger import is_postgres_url
 from builder.ranking import MirrorAttempt, RankedMirror, as_configured, rank_mirrors
 from builder.redact import redact_url, remember_url
+from builder.registry import profiles
 
 
 def _url(value: str) -> str:
@@ -69,8 +70,6 @@ class DeployConfig(BaseModel):
                                 "uses any more that are kept (newest first) after a deploy; older ones are deleted.")
 
 
-# Largest layer a registry accepts, where its documentation says (GHCR: 10 GB per layer).
-KNOWN_LAYER_LIMITS_GB = {"ghcr.io": 10.0}
 
 
 class PushConfig(BaseModel):
@@ -89,10 +88,25 @@ class PushConfig(BaseModel):
     max_layer_gb: float | None = Field(default=None, gt=0, description="The registry's largest layer in GB (default: "
                                        "what the registry documents, e.g. 10 for ghcr.io; else no limit). A weights "
                                        "file larger than this fails validation, before any download.")
+    registries: dict[str, str] = Field(
+        default_factory=dict, description="How a registry behaves, by HOST[:PORT], for hosts its name does not give "
+        "away (a GitHub Enterprise or Harbor of your own): one of " + ", ".join(profiles.names()) + " "
+        "(builder/registry/profiles.py). ghcr.io, docker.io, ECR, Artifact Registry and quay.io are recognised.")
+
+    @field_validator("registries")
+    @classmethod
+    def _known_profiles(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value.values():
+            profiles.by_name(name)  # ValueError names the profiles there are
+        return value
+
+    def profile(self, host: str) -> profiles.Profile:
+        return profiles.profile_for(host, self.registries)
 
     def max_layer_bytes(self, host: str | None) -> int | None:
-        limit = self.max_layer_gb if self.max_layer_gb is not None else KNOWN_LAYER_LIMITS_GB.get(host or "")
-        return int(limit * 1e9) if limit else None
+        if self.max_layer_gb is not None:
+            return int(self.max_layer_gb * 1e9)
+        return self.profile(host).max_layer_bytes if host else None
 
 
 class BuilderConfig(BaseModel):

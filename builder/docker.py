@@ -329,13 +329,16 @@ class Docker:
         except DockerException:
             pass
 
-    def push(self, repository: str, tag: str, on_event: Callable[[dict], None]) -> str:
-        """Push repository:tag; return the manifest digest the registry reported."""
+    def push(self, repository: str, tag: str, on_event: Callable[[dict], None],
+             auth_config: dict[str, str] | None = None) -> str:
+        """Push repository:tag; return the manifest digest the registry reported. `auth_config`:
+        credentials the engine would not find in the Docker config (BUILDER_REGISTRY_USERNAME and
+        _PASSWORD), handed over as the Docker SDK's X-Registry-Auth; never logged."""
         from docker.errors import DockerException
 
         digest = None
         try:
-            for event in self.client.api.push(repository, tag=tag, stream=True, decode=True):
+            for event in self.client.api.push(repository, tag=tag, stream=True, decode=True, auth_config=auth_config):
                 if "error" in event:
                     detail = event.get("errorDetail", {}).get("message") or event["error"]
                     raise RegistryError(f"push of {repository}:{tag} failed: {detail}")

@@ -5,7 +5,9 @@ a key whose certificate is in its `rootcertbundle`, with the certificate in the 
 header, and claims naming the issuer, the service and the granted `access`
 (https://distribution.github.io/distribution/spec/auth/jwt/). The issuer here is a small HTTP
 server that knows one user, grants what it is asked for to that user (pull only to anonymous
-callers), records every request, and can be told to issue tokens that expire at once.
+callers) but nothing on the repositories it is told to deny, as Docker Hub's auth.docker.io
+answers a scope it will not grant with a token that lacks it, records every request, and can be
+told to issue tokens that expire at once.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class TokenService:
     requests: list[dict] = field(default_factory=list)
     lifetime: float = 300.0  # seconds in the token's exp claim
     users: dict[str, str] = field(default_factory=dict)
+    denied: set[str] = field(default_factory=set)  # repositories no one is granted anything on
 
     def registry_auth(self) -> dict:
         return {"token": {"realm": f"{self.url}/token", "service": SERVICE, "issuer": ISSUER,
@@ -105,7 +108,7 @@ def token_service(workdir: Path, users: dict[str, str]) -> Iterator[TokenService
             for text in query.get("scope", []):
                 kind, _, rest = text.partition(":")
                 repo, _, actions = rest.rpartition(":")
-                allowed = [a for a in actions.split(",") if user or a == "pull"]
+                allowed = [a for a in actions.split(",") if (user or a == "pull") and repo not in service.denied]
                 access.append({"type": kind, "name": repo, "actions": allowed})
             service.requests.append({"user": user, "scopes": query.get("scope", []), "service": query.get("service")})
             body = json.dumps({"token": issue(user or "", access), "expires_in": int(service.lifetime)}).encode()

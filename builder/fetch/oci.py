@@ -5,7 +5,9 @@ artifact tagged `sha256-<sha>` in the repository an `oci://HOST[:PORT]/REPOSITOR
 its one layer is either the file itself or a tar layer holding it (annotation
 `io.builder.weights.member`), streamed out as it arrives. The caller hashes and checks it like
 any download. A registry's Bearer challenge is answered with a pull token (credentials, when
-given, from the Docker config or BUILDER_REGISTRY_*); a redirect to another host (object storage) goes without them.
+given, from the Docker config or BUILDER_REGISTRY_*), asked for again before it expires (Docker
+Hub's live 300 s, moby/moby#29257; the token spec's default is 60 s) and once more when the
+registry refuses it; a redirect to another host (object storage) goes without them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import re
 import ssl
 import tarfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -54,15 +57,19 @@ class OciStore:
         self.base, self.repository = parse(url)
         self.credentials = credentials
         self.timeout = timeout
-        self.token: str | None = None
+        self.token: str | None = None  # None: not asked yet; "": basic auth
+        self.expires = 0.0  # monotonic time after which the token is asked for again
+        self.challenge = ""
         handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
         if context is not None:
             handlers.append(urllib.request.HTTPSHandler(context=context))
         self.opener = urllib.request.build_opener(*handlers)
 
-    def _open(self, url: str, accept: str | None = None, hops: int = 0):
+    def _open(self, url: str, accept: str | None = None, hops: int = 0, refreshed: bool = False):
         headers = {"Accept": accept} if accept else {}
         same_host = urllib.parse.urlsplit(url).netloc == urllib.parse.urlsplit(self.base).netloc
+        if same_host and self.token and time.monotonic() >= self.expires:
+            self._answer(self.challenge)  # about to expire: a new one before the request, not after a 401
         if same_host and self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         elif same_host and self.credentials and self.token == "":  # basic auth, learnt from a challenge
@@ -73,9 +80,9 @@ class OciStore:
         except urllib.error.HTTPError as exc:
             if exc.code in (301, 302, 303, 307, 308) and hops < 5 and exc.headers.get("Location"):
                 return self._open(urllib.parse.urljoin(url, exc.headers["Location"]), accept, hops + 1)
-            if exc.code == 401 and same_host and self.token is None:
-                self._answer(exc.headers.get("WWW-Authenticate", ""))
-                return self._open(url, accept, hops)
+            if exc.code == 401 and same_host and (self.token is None or (self.token and not refreshed)):
+                self._answer(exc.headers.get("WWW-Authenticate", ""))  # first contact, or a token refused
+                return self._open(url, accept, hops, refreshed=True)
             raise
 
     def _answer(self, challenge: str) -> None:
@@ -88,6 +95,7 @@ class OciStore:
             return
         if scheme.lower() != "bearer" or "realm" not in params:
             raise StoreError(f"{self.base} refused access and names no way to log in")
+        self.challenge = challenge
         query = urllib.parse.urlencode({"service": params.get("service", ""),
                                         "scope": f"repository:{self.repository}:pull"})
         request = urllib.request.Request(f"{params['realm']}?{query}")
@@ -100,6 +108,8 @@ class OciStore:
         except urllib.error.HTTPError as exc:
             raise StoreError(f"the token service of {self.base} refused a pull token ({exc.code})") from None
         self.token = body.get("token") or body.get("access_token") or ""
+        lifetime = float(body.get("expires_in") or 60)
+        self.expires = time.monotonic() + max(lifetime - 10, lifetime / 2)
 
     def open(self, sha256: str) -> tuple[Iterator[bytes], int]:
         """(the file's bytes, as they arrive; its size) for the file with this sha256."""

@@ -2,7 +2,8 @@
 
 Credentials come from $BUILDER_REGISTRY_USERNAME / $BUILDER_REGISTRY_PASSWORD when both are set
 (CI), else from the Docker client's config, the same place `docker login` writes, including its
-credential helpers (`credsStore`, `credHelpers`). A registry says how it wants to be spoken to in
+credential helpers (`credsStore`, `credHelpers`), under the name `docker login` files them by
+(Docker Hub's, whichever of its host names was given, under https://index.docker.io/v1/). A registry says how it wants to be spoken to in
 its 401 challenge: `Basic` gets the credentials, `Bearer` sends us to its token service
 (https://distribution.github.io/distribution/spec/auth/token/) for a token scoped to the
 repositories a request touches; a token is kept per scope until it expires, and asked for again
@@ -12,6 +13,7 @@ when the registry refuses it.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
 import threading
@@ -37,8 +39,20 @@ class Credentials:
     def basic(self) -> str:
         return "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
 
+    def fingerprint(self) -> str:
+        """Who these credentials are, without them: what a remembered mount source is filed under
+        (moby mounts only from repositories pushed with the same credentials, moby/moby#26564)."""
+        return hashlib.sha256(f"builder-mount\0{self.username}\0{self.password}".encode()).hexdigest()[:24]
+
+    def engine_auth(self) -> dict[str, str]:
+        """The auth_config the Docker SDK hands to the engine's own push."""
+        return {"username": self.username, "password": self.password}
+
 
 def find_credentials(host: str) -> Credentials | None:
+    """`host`: the name `docker login` files the registry's credentials under (the profile's
+    credential_host: "docker.io" for every Docker Hub name, which the Docker SDK looks up under
+    https://index.docker.io/v1/, as `docker login` stores them)."""
     user, password = os.environ.get("BUILDER_REGISTRY_USERNAME"), os.environ.get("BUILDER_REGISTRY_PASSWORD")
     if user and password:
         return Credentials(user, password)
@@ -69,8 +83,9 @@ def scope(path: str, *actions: str) -> str:
 class Auth:
     """The Authorization header for a request, and what to do about a 401."""
 
-    def __init__(self, host: str, session: requests.Session, timeout: float) -> None:
+    def __init__(self, host: str, session: requests.Session, timeout: float, credential_host: str | None = None) -> None:
         self.host = host
+        self.credential_host = credential_host or host
         self.session = session
         self.timeout = timeout
         self.scheme: str | None = None  # learnt from the first challenge
@@ -82,7 +97,7 @@ class Auth:
     @property
     def credentials(self) -> Credentials | None:
         if self._credentials is False:
-            self._credentials = find_credentials(self.host)
+            self._credentials = find_credentials(self.credential_host)
         return self._credentials  # type: ignore[return-value]
 
     def header(self, scopes: tuple[str, ...]) -> dict[str, str]:

@@ -3,9 +3,11 @@
 Used for what the Docker engine does not tell (whether a tag exists and which image it holds, so
 a version is never overwritten with different content), for small documents kept beside an image
 (its smoke record), and for blob uploads (builder/registry/push.py). Who we are to the registry
-is builder/registry/auth.py's business. Requests whose body can be sent again are retried with
-backoff on 429, 5xx and dropped connections; a registry that cannot be connected to at all is one
-`Unreachable` line at once.
+is builder/registry/auth.py's business, and how a registry bends the spec is its profile's
+(builder/registry/profiles.py). Requests whose body can be sent again are retried with backoff on
+429, 5xx and dropped connections; a registry that cannot be connected to at all is one
+`Unreachable` line at once, while a connection that breaks after the registry has answered is a
+`Dropped` error the upload can resume from.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import requests
 from builder import reach
 from builder.errors import InputError, RegistryError
 from builder.registry.auth import Auth, scope
+from builder.registry.profiles import Profile, profile_for
 
 MANIFEST_TYPES = ", ".join(
     [
@@ -39,6 +42,7 @@ EMPTY_BLOB = b"{}"
 _HOST = re.compile(r"(?:localhost|[a-z0-9-]+(?:\.[a-z0-9-]+)+|\[[0-9a-f:]+\])(?::\d{1,5})?|[a-z0-9-]+:\d{1,5}")
 _NAMESPACE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
 _RETRY_STATUS = (429, 500, 502, 503, 504)
+TRANSIENT_STATUS = (408, *_RETRY_STATUS)
 
 SMOKE_MEDIA_TYPE = "application/vnd.builder.smoke.v1+json"
 
@@ -50,6 +54,29 @@ def smoke_tag(digest: str) -> str:
 
 def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class Refused(RegistryError):
+    """The registry answered a request with a status other than the one wanted."""
+
+    def __init__(self, message: str, status: int, body: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body  # what it said, for limits named in it (a 413 or 416)
+
+
+class MountRefused(RegistryError):
+    """A cross-repository mount these credentials may not make: upload the blob instead."""
+
+
+class Dropped(RegistryError):
+    """The connection broke during a request, after the registry had answered others: worth
+    resuming from what the registry holds, unlike a registry that cannot be reached at all."""
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a failed request is worth sending again: a dropped connection, a 408, 429 or 5xx."""
+    return isinstance(exc, Dropped) or (isinstance(exc, Refused) and exc.status in TRANSIENT_STATUS)
 
 
 @dataclass(frozen=True)
@@ -80,9 +107,10 @@ class RegistryRef:
 
     @property
     def base_url(self) -> str:
+        """Where the API answers: docker.io's is registry-1.docker.io (see profiles.py)."""
         host = self.host.split(":")[0]
         loopback = host in ("localhost", "[::1]") or host.startswith("127.")
-        return f"{'http' if loopback else 'https'}://{self.host}"
+        return f"{'http' if loopback else 'https'}://{profile_for(self.host).api_host or self.host}"
 
 
 @dataclass(frozen=True)
@@ -93,14 +121,16 @@ class RemoteImage:
 
 class RegistryClient:
     def __init__(self, ref: RegistryRef, session: requests.Session | None = None, timeout: float = 30,
-                 attempts: int = 5, backoff: float = 0.5) -> None:
+                 attempts: int = 5, backoff: float = 0.5, profile: Profile | None = None) -> None:
         self.ref = ref
         self.session = session or requests.Session()
         self.timeout = timeout
         self.attempts = attempts
         self.backoff = backoff
-        self.auth = Auth(ref.host, self.session, timeout)
+        self.profile = profile or profile_for(ref.host)
+        self.auth = Auth(ref.host, self.session, timeout, self.profile.credential_host or ref.host)
         self._answered = False  # after the first answer, a failed connection is worth a retry
+        self._manifests: dict[tuple[str, str], tuple[bytes, str]] = {}  # by digest: never changes
 
     # -- requests ----------------------------------------------------------------------------------
     def url(self, path: str, rest: str) -> str:
@@ -108,33 +138,38 @@ class RegistryClient:
 
     def request(self, method: str, url: str, scopes: tuple[str, ...], headers: dict[str, str] | None = None,
                 data: Any = None, retry: bool = True, stream: bool = False,
-                timeout: float | tuple[float, float] | None = None) -> requests.Response:
+                timeout: float | tuple[float, float] | None = None, refusal_ok: bool = False,
+                redirects: bool = True) -> requests.Response:
         """Send one request, answering auth challenges. `retry`: the body can be sent again (bytes or
-        nothing), so 429, 5xx and dropped connections are retried with backoff."""
+        nothing), so 429, 5xx and dropped connections are retried with backoff. `refusal_ok`: a
+        401 that no login can answer (insufficient_scope: a mount from a repository these
+        credentials cannot read) comes back as the answer instead of an error."""
         auth_tries = 0
         failures = 0
         while True:
-            sent = {**(headers or {}), **self.auth.header(scopes)}
             try:
-                with reach.reaching("the registry", self.ref.base_url, reach.REGISTRY):
-                    try:
-                        response = self.session.request(method, url, headers=sent, data=data, stream=stream,
-                                                        timeout=timeout or self.timeout, allow_redirects=True)
-                    except requests.RequestException as exc:
-                        if not self._answered or not retry or failures + 1 >= self.attempts:
-                            raise
-                        failures += 1
-                        self._sleep(failures, None)
-                        continue
-            except requests.RequestException as exc:
-                raise RegistryError(
-                    f"the registry at {self.ref.base_url} did not answer {method} {_short(url)}: "
-                    f"{type(exc).__name__}: check that it is healthy and try again"
-                ) from None
+                sent = {**(headers or {}), **self.auth.header(scopes)}
+            except RegistryError as exc:
+                if refusal_ok:  # the token service would not grant these scopes
+                    raise MountRefused(str(exc)) from None
+                raise
+            try:
+                response = self._send(method, url, sent, data, stream, timeout, redirects)
+            except Dropped:
+                if not retry or failures + 1 >= self.attempts:
+                    raise
+                failures += 1
+                self._sleep(failures, None)
+                continue
             self._answered = True
             if response.status_code == 401 and auth_tries < 2:
                 auth_tries += 1
-                self.auth.answer(response, scopes, sent)
+                try:
+                    self.auth.answer(response, scopes, sent)
+                except RegistryError:
+                    if refusal_ok:
+                        return response
+                    raise
                 if not retry and data is not None:
                     return response  # a streamed body is gone: the caller starts it again
                 continue
@@ -143,6 +178,27 @@ class RegistryClient:
                 self._sleep(failures, response.headers.get("Retry-After"))
                 continue
             return response
+
+    def _send(self, method: str, url: str, headers: dict[str, str], data: Any, stream: bool,
+              timeout: float | tuple[float, float] | None, redirects: bool) -> requests.Response:
+        """One HTTP request. No connection at all, before the registry ever answered: Unreachable.
+        A connection that broke after it had answered: Dropped (the caller may resume)."""
+        if self._answered:
+            try:
+                return self.session.request(method, url, headers=headers, data=data, stream=stream,
+                                            timeout=timeout or self.timeout, allow_redirects=redirects)
+            except requests.RequestException:
+                raise Dropped(f"the connection to {self.ref.base_url} broke during {method} {_short(url)}: "
+                              "check the network and the registry, and run the same command again") from None
+        try:
+            with reach.reaching("the registry", self.ref.base_url, reach.REGISTRY):
+                return self.session.request(method, url, headers=headers, data=data, stream=stream,
+                                            timeout=timeout or self.timeout, allow_redirects=redirects)
+        except requests.RequestException as exc:
+            raise RegistryError(
+                f"the registry at {self.ref.base_url} did not answer {method} {_short(url)}: "
+                f"{type(exc).__name__}: check that it is healthy and try again"
+            ) from None
 
     def _sleep(self, failures: int, retry_after: str | None) -> None:
         if retry_after and retry_after.strip().isdigit():
@@ -158,20 +214,35 @@ class RegistryClient:
     def check_response(self, response: requests.Response, what: str, ok: Iterable[int] = (200,)) -> None:
         if response.status_code in ok:
             return
-        if response.status_code in (401, 403):
-            raise RegistryError(
-                f"{self.ref.host} refused {what} ({response.status_code}): run `docker login {self.ref.host}` "
-                "with an account that may push there"
-            )
+        status = response.status_code
+        try:
+            body = response.text[:2000]
+        except Exception:  # noqa: BLE001 - a body that cannot be read names no limit
+            body = ""
+        if status in (401, 403):
+            raise Refused(
+                f"{self.ref.host} refused {what} ({status}): run `docker login {self.ref.host}` "
+                "with an account that may push there", status, body)
         detail = _error_detail(response)
-        raise RegistryError(f"{self.ref.host} answered {response.status_code} for {what}{detail}")
+        raise Refused(f"{self.ref.host} answered {status} for {what}{detail}", status, body)
 
     # -- reads -------------------------------------------------------------------------------------
     def check(self) -> None:
-        """Fail now, with one line, if the registry cannot be reached (before an hour of building)."""
-        response = self.request("GET", self.url("", ""), ())
+        """Fail now, with one line, if the registry cannot be reached (before an hour of building).
+
+        A registry answers /v2/ itself, with 200 or a 401 challenge, and says so
+        (`Docker-Distribution-API-Version`, or a JSON body); a redirect, or a web page's 200
+        (`https://docker.io/v2/` sends browsers to Docker Hub's site), is not a registry."""
+        response = self.request("GET", self.url("", ""), (), redirects=False)
+        where = f"{self.ref.base_url}/v2/"
+        if response.is_redirect:
+            raise RegistryError(f"{where} redirects to {response.headers.get('Location', '?')}, which a registry "
+                                "does not do: is --registry a container registry? (Docker Hub is docker.io/NAMESPACE)")
         if response.status_code not in (200, 401):
-            raise RegistryError(f"{self.ref.base_url}/v2/ answered {response.status_code}: is --registry a container registry?")
+            raise RegistryError(f"{where} answered {response.status_code}: is --registry a container registry?")
+        if not _speaks_registry(response):
+            raise RegistryError(f"{where} answered with a web page, not a registry's answer: is --registry a "
+                                "container registry? (Docker Hub is docker.io/NAMESPACE)")
 
     def tags(self, name: str, page_size: int = 1000) -> list[str]:
         """Every tag of repository `name` (empty when the repository does not exist), following the
@@ -191,14 +262,24 @@ class RegistryClient:
         return sorted(set(tags))
 
     def manifest(self, name: str, reference: str) -> tuple[bytes, str, str] | None:
-        """(raw bytes, media type, digest) of a manifest, or None if there is none."""
+        """(raw bytes, media type, digest) of a manifest, or None if there is none. A manifest asked
+        for by digest never changes: one this client stored or read is not asked for again (a GET
+        counts as a pull against Docker Hub's limits; a HEAD does not)."""
         path = self.ref.path(name)
+        known = self._manifests.get((path, reference))
+        if known is not None:
+            return known[0], known[1], reference
+        if not reference.startswith("sha256:") and self.manifest_digest(name, reference) is None:
+            return None  # a HEAD first: a tag that is not there costs no counted GET
         response = self.request("GET", self.url(path, f"manifests/{reference}"), self._scopes(path),
                                 {"Accept": MANIFEST_TYPES})
         if response.status_code == 404:
             return None
         self.check_response(response, f"{path}:{reference}")
-        digest = response.headers.get("Docker-Content-Digest") or sha256(response.content)
+        digest = sha256(response.content)
+        if reference.startswith("sha256:") and digest != reference:
+            raise RegistryError(f"{self.ref.host} sent {path}@{reference[:19]} with other content")
+        self._manifests[(path, digest)] = (response.content, response.headers.get("Content-Type", ""))
         return response.content, response.headers.get("Content-Type", ""), digest
 
     def manifest_digest(self, name: str, reference: str) -> str | None:
@@ -210,11 +291,18 @@ class RegistryClient:
                                 {"Accept": MANIFEST_TYPES})
         if response.status_code == 404:
             return None
-        digest = response.headers.get("Docker-Content-Digest", "") if response.status_code == 200 else ""
+        self.check_response(response, f"{path}:{reference}")
+        digest = response.headers.get("Docker-Content-Digest", "")
         if re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
             return digest
-        found = self.manifest(name, reference)
-        return found[2] if found else None
+        return reference if reference.startswith("sha256:") else self._digest_by_get(name, reference)
+
+    def _digest_by_get(self, name: str, reference: str) -> str:
+        path = self.ref.path(name)
+        response = self.request("GET", self.url(path, f"manifests/{reference}"), self._scopes(path),
+                                {"Accept": MANIFEST_TYPES})
+        self.check_response(response, f"{path}:{reference}")
+        return sha256(response.content)
 
     def image(self, name: str, reference: str) -> RemoteImage | None:
         """The image a tag (or digest) points at in repository `name`, or None if there is none."""
@@ -250,14 +338,22 @@ class RegistryClient:
         return int(response.headers.get("Content-Length") or 0)
 
     def start_upload(self, path: str, mount: tuple[str, str] | None = None) -> tuple[str | None, dict[str, str]]:
-        """Open an upload session: (its location, the answer's headers); location None when
-        `mount` = (digest, from repository) was mounted instead of uploaded."""
+        """Open an upload session: (its location, the answer's headers).
+
+        With `mount` = (digest, from repository): location None when the registry mounted the
+        blob (201). A registry that does not mount answers 202 with an upload session, which the
+        caller must use rather than open another (ECR; the spec says so). A mount these
+        credentials may not make (401 insufficient_scope on Docker Hub, 401 or 403 on Harbor for a
+        project the user cannot see) raises MountRefused: the caller uploads instead."""
         query = f"?mount={mount[0]}&from={mount[1]}" if mount else ""
         extra = (scope(mount[1], "pull"),) if mount else ()
         response = self.request("POST", self.url(path, f"blobs/uploads/{query}"), self._scopes(path, True, extra),
-                                {"Content-Length": "0"})
+                                {"Content-Length": "0"}, refusal_ok=mount is not None)
         if mount and response.status_code == 201:
             return None, dict(response.headers)
+        if mount and response.status_code in (401, 403):
+            raise MountRefused(f"{self.ref.host} refused to mount {mount[0][:19]} from {mount[1]} "
+                               f"({response.status_code})")
         self.check_response(response, f"an upload to {path}", ok=(202,))
         return self._location(response), dict(response.headers)
 
@@ -268,26 +364,42 @@ class RegistryClient:
         return self.ref.base_url + location if location.startswith("/") else location
 
     def upload_offset(self, path: str, location: str) -> int | None:
-        """Bytes an open upload session holds, or None if the session is gone."""
+        """Bytes an open upload session holds, or None if the session is gone (or, on a registry
+        whose Range cannot be trusted, unknown)."""
+        if not self.profile.trust_range:
+            return None
         response = self.request("GET", location, self._scopes(path, write=True))
         if response.status_code not in (200, 204):
             return None
         match = re.fullmatch(r"(?:bytes=)?0-(\d+)", response.headers.get("Range", "").strip())
-        return int(match.group(1)) + 1 if match else 0
+        # Distribution answers "0-0" for a session that holds nothing (and would for one byte,
+        # which no push leaves: a chunk is never that small); the spec's inclusive range cannot say.
+        return int(match.group(1)) + 1 if match and match.group(1) != "0" else 0
 
-    def patch(self, path: str, location: str, body: Any, start: int, length: int) -> str:
-        """Send bytes [start, start+length) of a blob to an upload session; return the next location."""
-        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length),
-                   "Content-Range": f"{start}-{start + length - 1}"}
+    def patch(self, path: str, location: str, body: Any, start: int, length: int | None,
+              ranged: bool = True) -> str:
+        """Send bytes [start, start+length) of a blob to an upload session; return the next location.
+        `ranged` False: no Content-Range (a "streamed" PATCH, as `docker push` sends each layer);
+        `length` None: a body of unknown length, sent with chunked transfer encoding."""
+        headers = {"Content-Type": "application/octet-stream"}
+        if length is not None:
+            headers["Content-Length"] = str(length)
+            if ranged:
+                headers["Content-Range"] = f"{start}-{start + length - 1}"
         response = self.request("PATCH", location, self._scopes(path, write=True), headers, body, retry=False,
                                 timeout=(self.timeout, 600))
-        self.check_response(response, f"a chunk of an upload to {path}", ok=(202,))
-        return self._location(response)
+        accepted = (201, 202) if self.profile.patch_answers_created else (202,)
+        self.check_response(response, f"a chunk of an upload to {path}", ok=accepted)
+        return self._location(response) if response.headers.get("Location") else location
 
-    def finish(self, path: str, location: str, digest: str, body: Any = None, length: int = 0) -> None:
-        """Close an upload session as blob `digest`, sending `body` (`length` bytes) with it."""
+    def finish(self, path: str, location: str, digest: str, body: Any = None, length: int = 0,
+               start: int | None = None) -> None:
+        """Close an upload session as blob `digest`, sending `body` (`length` bytes) with it;
+        `start`: where those bytes go in the blob, when they are its last part (Content-Range)."""
         joiner = "&" if "?" in location else "?"
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length)}
+        if start is not None and length:
+            headers["Content-Range"] = f"{start}-{start + length - 1}"
         replayable = body is None or isinstance(body, bytes)
         response = self.request("PUT", f"{location}{joiner}digest={digest}", self._scopes(path, write=True), headers,
                                 body, retry=replayable, timeout=(self.timeout, 600))
@@ -311,6 +423,7 @@ class RegistryClient:
         answered = response.headers.get("Docker-Content-Digest")
         if answered and answered != digest:
             raise RegistryError(f"{self.ref.host} stored {path}:{reference} as {answered}, not {digest}: it rewrote the manifest")
+        self._manifests[(path, digest)] = (body, media_type)
         return digest
 
     # -- tags, deletes, documents ------------------------------------------------------------------
@@ -374,6 +487,16 @@ class RegistryClient:
         if found is not None:
             subject = {"mediaType": found[1].split(";")[0] or OCI_MANIFEST, "digest": digest, "size": len(found[0])}
         self.put_document(name, smoke_tag(digest), SMOKE_MEDIA_TYPE, document, subject)
+
+
+def _speaks_registry(response: requests.Response) -> bool:
+    """Whether a /v2/ answer comes from a registry rather than a web server."""
+    if response.headers.get("Docker-Distribution-API-Version", "").startswith("registry/2"):
+        return True
+    if response.status_code == 401 and response.headers.get("WWW-Authenticate"):
+        return True
+    kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    return kind in ("", "application/json") and not response.content.lstrip().startswith(b"<")
 
 
 def _canonical(document: dict[str, Any]) -> bytes:

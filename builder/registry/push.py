@@ -9,10 +9,11 @@ repository (a cross-repository mount) costs one request. The other layers are gz
 beside the ledger so a later push can skip them unread). The config blob is the engine's own,
 byte for byte, so the image id the smoke ran on is the image the registry holds.
 
-Large blobs go up in chunks (PATCH, honouring OCI-Chunk-Min-Length), each chunk's upload session
-saved on disk, so a stopped push goes on where it stopped: finished blobs are found by HEAD, a
-blob in flight resumes at the last chunk the registry acknowledged. Smaller blobs go in one
-streamed PUT. The manifest goes last, and is read back by digest.
+How the bytes go up (chunks, streamed PATCHes, resumes, body limits, each registry's rules) is
+builder/registry/upload.py's business; here: what goes up, what can be skipped (HEAD) or mounted
+(only from repositories these same credentials pushed to, as moby does; a registry that answers
+a mount with an upload session gets the blob in that session), in which order, and the manifest
+last, checked by digest with a HEAD (a GET counts as a pull on Docker Hub).
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import RegistryError
-from builder.registry.client import OCI_MANIFEST, RegistryClient, sha256
-from builder.registry.layers import BLOCK, EngineLayers, LayersUnavailable, LayerTar
-from builder.registry.upload import MIB, BlobUploads, gzip_stream
+from builder.registry.blobs import MIB, Blob, BlobMismatch, BlobSource, Limits, PushStats, PushStopped, Tally
+from builder.registry.client import OCI_MANIFEST, MountRefused, RegistryClient, sha256
+from builder.registry.layers import BLOCK, EngineLayers, LayersUnavailable
+from builder.registry.profiles import Profile
+from builder.registry.upload import Uploader, gzip_stream
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
@@ -49,36 +52,8 @@ class PushSettings:
     chunk_bytes: int = 64 * MIB  # blobs larger than this go up in chunks of this size (resumable)
     gzip_level: int = 3
     gzip_threads: int = max(1, min(4, os.cpu_count() or 1))
-    max_layer_bytes: int | None = None  # the registry's largest layer (GHCR: 10 GB)
-
-
-class PushStopped(RegistryError):
-    """The push was asked to stop; what the registry acknowledged is kept for the next run."""
-
-    exit_code = 130
-
-
-@dataclass
-class PushStats:
-    blobs: int = 0
-    sent_bytes: int = 0
-    weight_bytes_sent: int = 0
-    present: int = 0  # blobs the repository had
-    mounted: int = 0  # blobs taken from another repository of the registry
-    resumed_bytes: int = 0  # bytes an earlier, stopped push had sent that were not sent again
-    total_bytes: int = 0
-    seconds: float = 0.0
-
-
-@dataclass
-class _Blob:
-    media_type: str
-    layer: LayerTar | None = None
-    data: bytes | None = None
-    digest: str | None = None
-    size: int | None = None
-    weights: bool = False
-    done: int = 0
+    max_layer_bytes: int | None = None  # the registry's largest layer (default: its profile's; GHCR: 10 GB)
+    profile: Profile | None = None  # how the registry behaves (default: by its host, builder/registry/profiles.py)
 
 
 @dataclass(frozen=True)
@@ -99,9 +74,10 @@ def cache_dir() -> Path:
 class _State:
     """What earlier pushes learnt, on disk: gzip digests of layers, where blobs live, open uploads."""
 
-    def __init__(self, root: Path, host: str) -> None:
+    def __init__(self, root: Path, host: str, who: str = "anonymous") -> None:
         self.root = root
         self.host = host
+        self.where = f"{host} {who}"  # mount sources are remembered per registry and per credentials
         self.lock = threading.Lock()
         self.index_file = root / "blobs.json"
         try:
@@ -127,11 +103,11 @@ class _State:
             self._save_index()
 
     def holders(self, digest: str) -> list[str]:
-        return list(self.index["where"].get(self.host, {}).get(digest, []))
+        return list(self.index["where"].get(self.where, {}).get(digest, []))
 
     def remember_holder(self, digest: str, path: str) -> None:
         with self.lock:
-            repos = self.index["where"].setdefault(self.host, {}).setdefault(digest, [])
+            repos = self.index["where"].setdefault(self.where, {}).setdefault(digest, [])
             if path in repos:
                 return
             repos.insert(0, path)
@@ -164,69 +140,76 @@ def is_weights_layer(created_by: str) -> bool:
     return bool(_WEIGHTS_LAYER.match(created_by))
 
 
-class Pusher(BlobUploads):
+class Pusher:
     def __init__(self, client: RegistryClient, store: EngineLayers | None, settings: PushSettings = PushSettings(),
                  on_progress: Callable[[PushProgress], None] = lambda progress: None,
                  stop: threading.Event | None = None, state_dir: Path | None = None) -> None:
+        if settings.profile is not None:
+            client.profile = settings.profile
         self.client = client
         self.store = store
         self.settings = settings
         self.on_progress = on_progress
-        self.stop = stop or threading.Event()
-        self.state = _State(state_dir or cache_dir(), client.ref.host)
+        self._stop = stop or threading.Event()
+        credentials = client.auth.credentials
+        self.state = _State(state_dir or cache_dir(), client.ref.host,
+                            credentials.fingerprint() if credentials else "anonymous")
         self.stats = PushStats()
-        self._lock = threading.Lock()
-        self._blobs: list[_Blob] = []
-        self._pool: ThreadPoolExecutor | None = None
+        self._blobs: list[Blob] = []
+        self.tally = Tally(self.stats, self._blobs, self._report)
+        self.uploader = Uploader(client, self.state, self.tally, Limits(client.profile, settings.chunk_bytes), self._stop,
+                                 settings.gzip_level, settings.gzip_threads)
+        self._pool: ThreadPoolExecutor | None = None  # open from begin() to the end of push_blobs()
         self._early: list[Future] = []
         self._path = ""
         self._started = time.perf_counter()
-        self._body_limit: int | None = None  # learnt from a 413: the largest request body that gets through
+
+    @property
+    def stop(self) -> threading.Event:
+        return self._stop
+
+    @stop.setter
+    def stop(self, event: threading.Event) -> None:
+        self._stop = self.uploader.stop = event
+
+    @property
+    def max_layer_bytes(self) -> int | None:
+        return self.settings.max_layer_bytes or self.client.profile.max_layer_bytes
 
     # -- planning ----------------------------------------------------------------------------------
-    def code_blob(self, layer: LayerTar) -> _Blob:
-        """A layer of the code image, replayed from the engine's store: gzipped on the way (its
-        digest is known up front only when an earlier push remembered it)."""
-        known = self.state.gzip_of(layer.diff_id, self.settings.gzip_level)
-        return _Blob(LAYER_GZIP, layer, digest=known[0] if known else None, size=known[1] if known else None)
-
-    def present_blob(self, media_type: str, digest: str, size: int) -> _Blob:
-        """A blob the repository already holds (the engine pushed it): a HEAD confirms it."""
-        return _Blob(media_type, digest=digest, size=size)
-
-    def weights_blob(self, layer: Any) -> _Blob:
-        """A weights layer the builder made: uncompressed, its digest (= diff id) known up front."""
-        self.check_layer_size(layer.diff_id, layer.size)
-        return _Blob(LAYER_TAR, layer, digest=layer.diff_id, size=layer.size, weights=True)
-
     def check_layer_size(self, diff_id: str, size: int) -> None:
-        if self.settings.max_layer_bytes and size > self.settings.max_layer_bytes:
+        if self.max_layer_bytes and size > self.max_layer_bytes:
             raise RegistryError(
                 f"layer {diff_id[:19]} is {size / 1e9:.1f} GB, over the registry's largest layer "
-                f"({self.settings.max_layer_bytes / 1e9:.1f} GB): split the file or use another registry"
+                f"({self.max_layer_bytes / 1e9:.1f} GB): split the file or use another registry"
             )
 
-    def plan(self, image_id: str) -> tuple[bytes, list[_Blob]]:
-        """Every layer of an image in the engine's store (weights layers of the old layout too)."""
+    def code_blob(self, layer: BlobSource) -> Blob:
+        """A layer of the code image, replayed from the engine's store: gzipped on the way (its
+        digest is known up front only when an earlier push remembered it)."""
+        self.check_layer_size(layer.diff_id, layer.size)
+        known = self.state.gzip_of(layer.diff_id, self.settings.gzip_level)
+        return Blob(LAYER_GZIP, layer, digest=known[0] if known else None, size=known[1] if known else None)
+
+    def present_blob(self, media_type: str, digest: str, size: int) -> Blob:
+        """A blob the repository already holds (the engine pushed it): a HEAD confirms it."""
+        return Blob(media_type, digest=digest, size=size)
+
+    def weights_blob(self, layer: BlobSource) -> Blob:
+        """A weights layer the builder made: uncompressed, its digest (= diff id) known up front."""
+        self.check_layer_size(layer.diff_id, layer.size)
+        return Blob(LAYER_TAR, layer, digest=layer.diff_id, size=layer.size, weights=True)
+
+    def plan(self, image_id: str) -> tuple[bytes, list[Blob]]:
+        """Every layer of an image in the engine's store, as blobs (for an image the engine holds
+        whole: the benches' and the registry tests' images)."""
         assert self.store is not None
         config = self.store.config(image_id)
         layers = self.store.layers(config)
         history = [h for h in json.loads(config).get("history") or [] if not h.get("empty_layer")]
         created = [h.get("created_by", "") for h in history] if len(history) == len(layers) else [""] * len(layers)
-        blobs = []
-        for layer, made_by in zip(layers, created):
-            if self.settings.max_layer_bytes and layer.size > self.settings.max_layer_bytes:
-                raise RegistryError(
-                    f"layer {layer.diff_id[:19]} is {layer.size / 1e9:.1f} GB, over the registry's largest layer "
-                    f"({self.settings.max_layer_bytes / 1e9:.1f} GB): split the file or use another registry"
-                )
-            if is_weights_layer(made_by):
-                blobs.append(_Blob(LAYER_TAR, layer, digest=layer.diff_id, size=layer.size, weights=True))
-            else:
-                known = self.state.gzip_of(layer.diff_id, self.settings.gzip_level)
-                blobs.append(_Blob(LAYER_GZIP, layer, digest=known[0] if known else None,
-                                   size=known[1] if known else None))
-        return config, blobs
+        return config, [self.weights_blob(layer) if is_weights_layer(made_by) else self.code_blob(layer)
+                        for layer, made_by in zip(layers, created)]
 
     # -- the push ----------------------------------------------------------------------------------
     def push(self, name: str, tag: str, image_id: str) -> str:
@@ -242,31 +225,49 @@ class Pusher(BlobUploads):
             self._path = self.client.ref.path(name)
             self._pool = ThreadPoolExecutor(max_workers=self.settings.parallel, thread_name_prefix="push")
 
-    def send_early(self, blob: _Blob) -> None:
+    def send_early(self, blob: Blob) -> None:
         assert self._pool is not None, "begin() first"
-        with self._lock:
+        with self.tally.lock:
             self._blobs.append(blob)
             self.stats.blobs += 1
-            self.stats.total_bytes += blob.size or (blob.layer.size if blob.layer else 0)
+            self.stats.total_bytes += blob.expected
         self._early.append(self._pool.submit(self._send, self._path, blob))
 
-    def push_blobs(self, name: str, reference: str | None, config: bytes, layers: list[_Blob]) -> str:
+    def push_blobs(self, name: str, reference: str | None, config: bytes, layers: list[Blob]) -> str:
         """Push the image made of `config` and `layers` (in order) as name:reference, or by its
         digest alone (no tag) when `reference` is None; return the manifest digest. Blobs already
         sent early are not sent again."""
         self.begin(name)
-        assert self._pool is not None
         path = self.client.ref.path(name)
-        config_blob = _Blob(OCI_CONFIG, data=config, digest=sha256(config), size=len(config))
+        config_blob = Blob(OCI_CONFIG, data=config, digest=sha256(config), size=len(config))
         early = {id(b) for b in self._blobs}
         fresh = [b for b in [config_blob, *layers] if id(b) not in early]
-        with self._lock:
+        with self.tally.lock:
             self._blobs.extend(fresh)
             self.stats.blobs = len(self._blobs)
-            self.stats.total_bytes = sum(b.size or (b.layer.size if b.layer else 0) for b in self._blobs)
-        order = sorted(fresh, key=lambda b: -(b.size or (b.layer.size if b.layer else 0)))
+            self.stats.total_bytes = sum(b.expected for b in self._blobs)
+        self._send_all(path, sorted(fresh, key=lambda b: -b.expected))
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": config_blob.digest, "size": config_blob.size},
+            "layers": [{"mediaType": b.media_type, "digest": b.digest, "size": b.size} for b in layers],
+        }
+        body = json.dumps(manifest, separators=(",", ":")).encode()
+        digest = self.client.put_manifest(name, reference or sha256(body), body, OCI_MANIFEST)
+        if self.client.manifest_digest(name, digest) != digest:  # a HEAD: not counted as a pull
+            raise RegistryError(f"{self.client.ref.repository(name)}@{digest} is not in the registry after the push: check its logs")
+        self.stats.seconds = round(time.perf_counter() - self._started, 2)
+        self._report()
+        return digest
+
+    def _send_all(self, path: str, order: list[Blob]) -> None:
+        """Every blob, `settings.parallel` at a time. The first real failure stops the others at
+        their next chunk (their sessions kept); a blob that met a dropped connection or a 5xx has
+        gone on by itself (upload.py), so what stops the push is what cannot be resumed."""
+        pool = self._pool or ThreadPoolExecutor(max_workers=self.settings.parallel, thread_name_prefix="push")
         try:
-            futures = self._early + [self._pool.submit(self._send, path, blob) for blob in order]
+            futures = self._early + [pool.submit(self._send, path, blob) for blob in order]
             try:
                 finished, pending = wait(futures, return_when=FIRST_EXCEPTION)
             except KeyboardInterrupt:
@@ -280,28 +281,8 @@ class Pusher(BlobUploads):
                 real = [e for e in failed if not isinstance(e, PushStopped)]
                 raise real[0] if real else self._stopped()
         finally:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": config_blob.digest, "size": config_blob.size},
-            "layers": [{"mediaType": b.media_type, "digest": b.digest, "size": b.size} for b in layers],
-        }
-        body = json.dumps(manifest, separators=(",", ":")).encode()
-        digest = self.client.put_manifest(name, reference or sha256(body), body, OCI_MANIFEST)
-        found = self.client.manifest(name, digest)
-        if found is None or sha256(found[0]) != digest:
-            raise RegistryError(f"{self.client.ref.repository(name)}@{digest} is not in the registry after the push: check its logs")
-        self.stats.seconds = round(time.perf_counter() - self._started, 2)
-        self._report()
-        return digest
-
-    def _advance_stream(self, count: int) -> None:
-        """Bytes of a weights layer streamed from a mirror (builder/assemble.BlobStream)."""
-        with self._lock:
-            self.stats.sent_bytes += count
-            self.stats.weight_bytes_sent += count
+            pool.shutdown(wait=True)
+            self._pool, self._early = None, []
 
     def _stopped(self) -> PushStopped:
         left = self.stats.total_bytes - sum(b.done for b in self._blobs)
@@ -311,62 +292,56 @@ class Pusher(BlobUploads):
         )
 
     def _report(self) -> None:
-        with self._lock:
+        with self.tally.lock:
             done = sum(b.done for b in self._blobs)
             blobs_done = sum(1 for b in self._blobs if b.size is not None and b.done >= b.size)
         self.on_progress(PushProgress(done, self.stats.total_bytes, blobs_done, len(self._blobs), self.stats))
 
-    def _advance(self, blob: _Blob, count: int, sent: bool = True) -> None:
-        with self._lock:
-            blob.done += count
-            if sent:
-                self.stats.sent_bytes += count
-                if blob.weights:
-                    self.stats.weight_bytes_sent += count
-        self._report()
-
-    def _check_stop(self) -> None:
+    # -- one blob ----------------------------------------------------------------------------------
+    def _send(self, path: str, blob: Blob) -> None:
         if self.stop.is_set():
             raise PushStopped("stopped")
-
-    # -- one blob ----------------------------------------------------------------------------------
-    def _send(self, path: str, blob: _Blob) -> None:
-        self._check_stop()
-        if blob.digest is not None and self._skip(path, blob):
-            return
-        if blob.data is not None:
-            location, _ = self.client.start_upload(path)
-            self.client.finish(path, location, blob.digest, blob.data, len(blob.data))  # type: ignore[arg-type]
-            self._advance(blob, len(blob.data))
-        elif blob.media_type == LAYER_GZIP:
-            self._send_gzip(path, blob)
-        else:
-            self._send_tar(path, blob)
+        opened = None
+        if blob.digest is not None:
+            found = self._skip(path, blob)
+            if found is True:
+                return
+            opened = found or None
+        self.uploader.send(path, blob, opened)
         self.state.remember_holder(blob.digest, path)  # type: ignore[arg-type]
 
-    def _skip(self, path: str, blob: _Blob) -> bool:
-        """Whether the repository has the blob, or got it by a mount, without a byte sent."""
+    def _skip(self, path: str, blob: Blob) -> bool | tuple[str, dict[str, str]]:
+        """True when the repository has the blob or mounted it, without a byte sent; else False, or
+        the upload session a registry that would not mount answered with (202): to be used."""
         assert blob.digest is not None
         size = self.client.blob_size(path, blob.digest)
         if size is not None:
             blob.size = blob.size or size
-            with self._lock:
-                self.stats.present += 1
+            self.tally.count(present=1)
         else:
-            for holder in self.state.holders(blob.digest):
-                if holder == path:
-                    continue
-                location, _ = self.client.start_upload(path, mount=(blob.digest, holder))
-                if location is None:
-                    with self._lock:
-                        self.stats.mounted += 1
-                    break
-            else:
-                return False
+            opened = self._mount(path, blob.digest)
+            if opened is not None:
+                return opened or False
+            self.tally.count(mounted=1)
         self.state.remember_holder(blob.digest, path)
-        self._advance(blob, blob.size or 0, sent=False)
+        self.tally.advance(blob, blob.expected, sent=False)
         return True
 
+    def _mount(self, path: str, digest: str) -> tuple[str, dict[str, str]] | tuple[()] | None:
+        """None when the blob was mounted from a repository these credentials pushed it to; else
+        the upload session the registry opened instead (202), or () when there was none."""
+        for holder in self.state.holders(digest):
+            if holder == path:
+                continue
+            try:
+                location, headers = self.client.start_upload(path, mount=(digest, holder))
+            except MountRefused:
+                continue  # these credentials may not read that repository (any more): try the next
+            if location is None:
+                return None
+            return location, headers
+        return ()
 
-__all__ = ["BLOCK", "MIB", "LayersUnavailable", "PushProgress", "PushSettings", "PushStats", "PushStopped", "Pusher",
-           "gzip_stream"]
+
+__all__ = ["BLOCK", "MIB", "BlobMismatch", "LayersUnavailable", "PushProgress", "PushSettings", "PushStats",
+           "PushStopped", "Pusher", "gzip_stream"]

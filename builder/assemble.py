@@ -133,3 +133,31 @@ def push_image(upload: Upload, reference: str | None, config: bytes, code: CodeI
 def blob_stream(upload: Upload) -> StreamUpload:
     """A weights layer streamed into the image's repository as its bytes arrive (--assemble-only)."""
     return StreamUpload(upload.pusher.uploader, upload.client.ref.path(upload.name))
+
+
+def push_engine_image(docker: Docker, client: RegistryClient, name: str, tag: str, image_id: str,
+                      settings: PushConfig, say: Say, on_event: Callable[[Any], None]) -> str:
+    """Push an image the engine holds whole (a base image, the benches' and the registry tests'
+    images; a build's image is composed instead, `push_image`): the builder's own push where the
+    engine's layer store can be read, else the engine's push, with one line saying why."""
+    store = None
+    if settings.engine != "docker":
+        try:
+            store = EngineLayers.open(docker.client)
+        except LayersUnavailable as exc:
+            if settings.engine == "builder":
+                raise RegistryError(f"push.engine is builder, but {exc}: run where the engine's data root is "
+                                    "readable, or set push.engine to auto") from None
+            say(f"pushing through the Docker engine (gzip, one layer at a time): {exc}")
+    if store is not None:
+        pusher = Pusher(client, store, PushSettings(parallel=settings.parallel, chunk_bytes=settings.chunk_mb * MIB,
+                                                    gzip_level=settings.gzip_level, profile=settings.profile(client.ref.host),
+                                                    max_layer_bytes=settings.max_layer_bytes(client.ref.host)), on_event)
+        try:
+            return pusher.push(name, tag, image_id)
+        except LayersUnavailable as exc:  # a file the push may not read (a rootless engine's, say)
+            if settings.engine == "builder":
+                raise RegistryError(f"push.engine is builder, but {exc}: set push.engine to auto") from None
+            say(f"pushing through the Docker engine (gzip, one layer at a time): {exc}")
+    credentials = client.auth.credentials
+    return docker.push(client.ref.repository(name), tag, on_event, credentials.engine_auth() if credentials else None)

@@ -298,6 +298,13 @@ class Pusher:
         self.on_progress(PushProgress(done, self.stats.total_bytes, blobs_done, len(self._blobs), self.stats))
 
     # -- one blob ----------------------------------------------------------------------------------
+    def send(self, path: str, blob: Blob) -> None:
+        """One blob into repository `path` (API path), outside an image's push: skipped when there,
+        mounted where it can be, else uploaded."""
+        with self.tally.lock:
+            self._blobs.append(blob)
+        self._send(path, blob)
+
     def _send(self, path: str, blob: Blob) -> None:
         if self.stop.is_set():
             raise PushStopped("stopped")

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from builder.errors import RegistryError
-from builder.registry.client import OCI_EMPTY, OCI_MANIFEST, EMPTY_BLOB, RegistryClient, RegistryRef, sha256
-from builder.registry.push import LAYER_TAR
+from builder.registry.client import OCI_EMPTY, OCI_MANIFEST, EMPTY_BLOB, MountRefused, RegistryClient, RegistryRef, sha256
+from builder.registry.push import LAYER_TAR, Pusher
 
 if TYPE_CHECKING:
     from builder.fetch import ContentCache, FetchedFile
@@ -59,7 +59,7 @@ class WeightsStore:
 class Published:
     new: int = 0  # artifacts written now
     present: int = 0  # already in the store
-    uploaded_bytes: int = 0  # small files' bytes (large files are mounted)
+    uploaded_bytes: int = 0  # bytes uploaded (large files are mounted where the registry allows)
     skipped: list[str] | None = None
 
 
@@ -67,6 +67,8 @@ def publish(store: WeightsStore, image_client: RegistryClient, manifest: Manifes
             fetched: dict[str, FetchedFile], layers: list[WeightsLayer], cache: ContentCache) -> Published:
     """Publish every pinned file of the image `manifest` names, pushed to `image_client`'s registry."""
     client = RegistryClient(store.ref)  # its own: the image client's namespace is not the store's
+    pusher = Pusher(client, None)
+    sent = 0
     done = Published(skipped=[])
     by_name = {layer.name: layer for layer in layers}
     image_path = image_client.ref.path(manifest.name)
@@ -85,16 +87,14 @@ def publish(store: WeightsStore, image_client: RegistryClient, manifest: Manifes
                 continue
             layer = by_name.get(f"sha256-{artifact.sha256}")
             if layer is not None:
-                if client.blob_size(store.repository, layer.diff_id) is None:
-                    if client.ref.host != image_client.ref.host:
-                        done.skipped.append(artifact.path)  # another registry: no mount; the Hub stays its source
-                        continue
-                    location, _ = client.start_upload(store.repository, mount=(layer.diff_id, image_path))
-                    if location is not None:
-                        raise RegistryError(f"{store.ref.host} did not mount {layer.diff_id[:19]} from {image_path}")
+                if not _layer_into(pusher, client, store, layer, image_client, image_path):
+                    done.skipped.append(artifact.path)  # neither mountable nor on this host: the Hub stays its source
+                    continue
                 member = str(plan.blob_path(artifact.sha256)).lstrip("/")  # type: ignore[arg-type]
                 _put(client, store, item, empty, {"mediaType": LAYER_TAR, "digest": layer.diff_id, "size": layer.size,
                                                   "annotations": {MEMBER: member}})
+                done.uploaded_bytes += pusher.stats.sent_bytes - sent
+                sent = pusher.stats.sent_bytes
             else:
                 data = cache.blob(artifact.sha256).read_bytes()  # type: ignore[arg-type]
                 if sha256(data) != f"sha256:{artifact.sha256}":
@@ -105,6 +105,28 @@ def publish(store: WeightsStore, image_client: RegistryClient, manifest: Manifes
                 _put(client, store, item, empty, {"mediaType": RAW_FILE, "digest": digest, "size": len(data)})
             done.new += 1
     return done
+
+
+def _layer_into(pusher: Pusher, client: RegistryClient, store: WeightsStore, layer: WeightsLayer,
+                image_client: RegistryClient, image_path: str) -> bool:
+    """Whether the store holds the file's layer now: already, mounted from where these
+    credentials pushed it (the image's repository), or uploaded from this host's weights cache
+    (a registry that does not mount, or another registry)."""
+    if client.blob_size(store.repository, layer.diff_id) is not None:
+        return True
+    if layer.blob.pieces:  # on this host: the push's own rules (HEAD, mount, the 202's session, upload)
+        pusher.send(store.repository, pusher.weights_blob(layer.blob))
+        return True
+    if client.ref.host != image_client.ref.host:
+        return False  # streamed to the image's registry, never on this host: nothing to mount or send
+    try:
+        location, _ = client.start_upload(store.repository, mount=(layer.diff_id, image_path))
+    except MountRefused:
+        return False
+    if location is not None:  # a session instead of a mount (ECR): no bytes here to fill it
+        client.request("DELETE", location, client._scopes(store.repository, True), retry=False)
+        return False
+    return True
 
 
 def _put(client: RegistryClient, store: WeightsStore, item: dict, empty: str, layer: dict) -> None:

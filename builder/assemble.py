@@ -122,12 +122,16 @@ def push_image(upload: Upload, reference: str | None, config: bytes, code: CodeI
         except RegistryError as exc:
             say(f"the engine's scratch tag {code_part.scratch[0]} stays in {upload.repository} ({exc}); "
                 "it holds the code image only, without weights: delete it in the registry's interface")
-    stats = upload.pusher.stats
-    say(f"pushed in {stats.seconds:.1f}s: {stats.blobs} blobs, {stats.sent_bytes / 1e9:.2f} GB sent "
-        f"({stats.weight_bytes_sent / 1e9:.2f} GB of it weights, uncompressed, from the cache), {stats.present} "
-        f"already there, {stats.mounted} mounted from other repositories"
-        + (f", {stats.resumed_bytes / 1e9:.2f} GB not sent again (resumed)" if stats.resumed_bytes else ""))
+    say(summary(upload.pusher))
     return digest
+
+
+def summary(pusher: Pusher) -> str:
+    stats = pusher.stats
+    return (f"pushed in {stats.seconds:.1f}s: {stats.blobs} blobs, {stats.sent_bytes / 1e9:.2f} GB sent "
+            f"({stats.weight_bytes_sent / 1e9:.2f} GB of it weights, uncompressed), {stats.present} already there, "
+            f"{stats.mounted} mounted from other repositories"
+            + (f", {stats.resumed_bytes / 1e9:.2f} GB not sent again (resumed)" if stats.resumed_bytes else ""))
 
 
 def blob_stream(upload: Upload) -> StreamUpload:
@@ -154,7 +158,9 @@ def push_engine_image(docker: Docker, client: RegistryClient, name: str, tag: st
                                                     gzip_level=settings.gzip_level, profile=settings.profile(client.ref.host),
                                                     max_layer_bytes=settings.max_layer_bytes(client.ref.host)), on_event)
         try:
-            return pusher.push(name, tag, image_id)
+            digest = pusher.push(name, tag, image_id)
+            say(summary(pusher))
+            return digest
         except LayersUnavailable as exc:  # a file the push may not read (a rootless engine's, say)
             if settings.engine == "builder":
                 raise RegistryError(f"push.engine is builder, but {exc}: set push.engine to auto") from None

@@ -164,6 +164,7 @@ class Build:
     layers: list[dict[str, Any]] | None = None
     elsewhere: dict[str, tuple[str, int]] = field(default_factory=dict)  # streamed: sha256 -> layer digest, size
     stream_error: BaseException | None = None
+    cancelled: bool = False  # the code image's build was stopped: its log is no longer echoed
     lock: threading.Lock = field(default_factory=threading.Lock)
     ledger_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -237,8 +238,8 @@ def _stages(build: Build) -> BuildResult:
                                    build.on_push_event)
         build.upload.pusher.begin(manifest.name)
     say(f"build {manifest.name}:{manifest.version}: weights into {build.services.config.weights_cache_dir} "
-        f"(mirrors {', '.join(m.name for m in build.fetch_config.mirrors)}) while {build.docker.build_tool.describe()} "
-        "builds the code image")
+        f"(mirrors {', '.join(m.name for m in build.fetch_config.mirrors)}) while the code image is built")
+    say(f"build tool: {build.docker.build_tool.describe()}")
     started = time.perf_counter()
     code_id = _fetch_and_build_code(build)
     # "build": fetch and code image side by side, until the image can be composed (the phase the
@@ -295,8 +296,10 @@ def _fetch_and_build_code(build: Build) -> str:
     try:
         _fetch(build)
     except BaseException:
-        for proc in procs:  # the weights failed: the code image is not wanted any more
+        build.cancelled = True  # the weights failed: the code image is not wanted any more
+        for proc in procs:
             proc.terminate()
+        worker.join(timeout=30)  # its last lines before the one that says what failed
         raise
     finally:
         build.seconds["fetch"] = round(time.perf_counter() - started, 2)
@@ -420,7 +423,7 @@ def _build_code(build: Build, procs: list[Any]) -> str:
         return build.docker.build(
             BuildRequest(context, secrets, {"BUILDER_REBUILD": build.build_id} if options.no_cache else {},
                          options.network),
-            on_line=build.on_build_line, on_start=procs.append,
+            on_line=lambda line: None if build.cancelled else build.on_build_line(line), on_start=procs.append,
         )
 
 
@@ -486,6 +489,10 @@ def _push_parts(build: Build) -> tuple[Upload, CodeBlobs, list[Blob]]:
     upload = build.upload
     assert upload is not None and build.code is not None
     store = engine_store(build.docker, build.services.config.push, build.say)
+    profile = upload.client.profile
+    build.say(f"push path: weights layers from the cache (uncompressed, {profile.name} profile), code layers "
+              + ("replayed from the engine's layer store and gzipped here" if store is not None
+                 else "by the Docker engine's own push"))
     code_part = code_blobs(build.docker, upload, build.code, store, build.on_push_event)
     return upload, code_part, weights_blobs(upload, build.weights, build.early)
 

@@ -12,6 +12,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 checkout=$(cd "$here/../.." && pwd)
 MIRROR=${ENGINE26_MIRROR:-http://deb.debian.org/debian}
 R=$(mktemp -d /var/tmp/debian13-check-XXXXXX)
+chmod 755 "$R"  # the root directory of a system: every user passes through it
 log() { printf 'debian13-check: %s\n' "$*" >&2; }
 
 unmount_all() {

@@ -53,6 +53,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The builder's default files (the ledger under $XDG_STATE_HOME, the push state under
+    $XDG_CACHE_HOME) in this session's own directory, for the builders the tests start too: never
+    the user's own, which another checkout's newer builder may have migrated, nor one that another
+    session or pytest-xdist worker writes at the same time."""
+    home = tmp_path_factory.mktemp("xdg")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(home / "state"))
+        patch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+        yield home
+
+
 @pytest.fixture(scope="session")
 def project() -> Project:
     return Project(ROOT)

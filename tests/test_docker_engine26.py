@@ -6,6 +6,7 @@ The build uses what the real builds use: a secret mount, a cache mount and the h
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ from tests.engines import CiUser, Engine26
 
 pytestmark = [pytest.mark.docker, pytest.mark.engine26]
 
-SECRET = "hf_" + "e26" * 12  # looks like a token, so the log scrubber would also know it
+SECRET = "e26-secret-" + uuid.uuid4().hex  # not shaped like a token: the log scrubber would not hide it
 
 
 @pytest.fixture(scope="module")
@@ -106,12 +107,12 @@ def test_the_engine_is_docker_26_in_the_mode_asked(engine26: Engine26) -> None:
     # The socket belongs to the docker group, not to root alone: the CI user's way in.
     socket_path = engine26.docker_host.removeprefix("unix://")
     mode = os.stat(socket_path)
-    import grp
-
     assert mode.st_gid == grp.getgrnam("docker").gr_gid and mode.st_mode & stat.S_IRWXG == stat.S_IRGRP | stat.S_IWGRP
 
 
-def test_a_build_through_buildx_as_root(engine26: Engine26, tmp_path: Path, loopback_page: str) -> None:
+def test_a_build_through_buildx_as_root(engine26: Engine26, tmp_path: Path, loopback_page: str,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
     config = engine26.docker_config(tmp_path / "docker-config")
     tool = detect_build_tool({**os.environ, "DOCKER_CONFIG": str(config)})
     assert tool.buildx and tool.argv[-3:] == ("buildx", "build", "--load"), tool.describe()
@@ -123,7 +124,7 @@ def test_a_build_through_buildx_as_root(engine26: Engine26, tmp_path: Path, loop
     def build(rebuild: str) -> str:
         request = BuildRequest(context, secrets={"token": secret}, build_args={"BUILDER_REBUILD": rebuild},
                                network="host")
-        return docker.build(request, on_line=lines.append, scrub=[SECRET])
+        return docker.build(request, on_line=lines.append)  # nothing to scrub: nothing may print it
 
     first = build("1")
     again = build("1")

@@ -144,10 +144,10 @@ def engine_host(client: Any) -> str | None:
     None for any other transport, where the environment already names the engine."""
     api = getattr(client, "api", client)
     base = getattr(api, "base_url", "")
-    if not base.startswith("http+docker://"):
+    if not isinstance(base, str) or not base.startswith("http+docker://"):
         return None
     path = getattr(api.get_adapter(base), "socket_path", None)
-    return f"unix://{path}" if path else None
+    return f"unix://{path}" if isinstance(path, str) and path else None
 
 
 class Docker:

@@ -7,7 +7,8 @@
 #   containerd  the containerd image store ("features": {"containerd-snapshotter": true})
 #
 #   engine26.sh prepare          make the Debian 13 root once (cached: .cache/env/engine26/root)
-#   engine26.sh up MODE          prepare, mount, start MODE's dockerd; prints DOCKER_HOST=... and BUILDX_PLUGIN=...
+#   engine26.sh up MODE          prepare, mount, start MODE's dockerd; prints DOCKER_HOST=, DOCKER_CONFIG=
+#                                (root's, holding the buildx plugin) and BUILDX_PLUGIN= lines
 #   engine26.sh down [MODE]      stop MODE (all modes when none is named); unmount when none runs
 #   engine26.sh status           which modes run, and the root's package versions
 #
@@ -218,7 +219,12 @@ up() {
   if [ -n "${ENGINE26_HOLDER:-}" ]; then
     mkdir -p "$RUN/$mode/holders" && : >"$RUN/$mode/holders/$ENGINE26_HOLDER"
   fi
-  printf 'DOCKER_HOST=unix://%s\nBUILDX_PLUGIN=%s\n' "$(sock "$mode")" "$E/cli-plugins/docker-buildx"
+  # A DOCKER_CONFIG for root with the plugin, for a person or a script:
+  #   eval "$(tests/env/engine26.sh up classic | sed 's/^/export /')"; docker buildx ls
+  mkdir -p "$E/docker-config/cli-plugins"
+  cp -u "$E/cli-plugins/docker-buildx" "$E/docker-config/cli-plugins/docker-buildx"
+  printf 'DOCKER_HOST=unix://%s\nDOCKER_CONFIG=%s\nBUILDX_PLUGIN=%s\n' "$(sock "$mode")" "$E/docker-config" \
+    "$E/cli-plugins/docker-buildx"
 }
 
 down() {

@@ -13,7 +13,7 @@ env:
 	tests/env/up.sh
 
 unit:
-	.venv/bin/python -m pytest -q -m "not docker"
+	.venv/bin/python -m pytest -q -m "not docker" -n auto
 
 schema:
 	.venv/bin/python -m builder schema --write

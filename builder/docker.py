@@ -5,11 +5,12 @@ which has no secret mounts (https://github.com/docker/docker-py/issues/2230). Wh
 a BuildKit build is detected, not assumed: `docker buildx build --load` where the buildx plugin
 exists, else a pre-23 client with DOCKER_BUILDKIT=1 (Docker 23 moved BuildKit builds into
 buildx, so newer clients without the plugin refuse). Everything else (run, tag, push, inspect)
-goes through the SDK.
+goes through the SDK, and the CLI is pointed at the very engine the SDK client talks to.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -35,42 +36,65 @@ class BuildTool:
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
 
+    @property
+    def buildx(self) -> bool:
+        return "buildx" in self.argv[1:]
+
     def describe(self) -> str:
         prefix = " ".join(f"{k}={v}" for k, v in self.env.items())
         return f"{prefix} {' '.join(self.argv)}".strip()
 
 
-def _client_major(cli: str) -> int | None:
+# buildx 0.10 and later attach a provenance attestation by default, which turns every image into an
+# index holding a manifest with the build's own timestamps and invocation id (docker/buildx 0.10
+# release notes; https://docs.docker.com/build/metadata/attestations/slsa-provenance/). On the
+# containerd image store that index is what the engine keeps, so the same build would get a new
+# image id every time and a no-op rebuild would not be one; the classic store drops it anyway.
+# The variable, unlike --provenance=false, is also accepted by a buildx too old to know it.
+_BUILDX_ENV = {"BUILDX_NO_DEFAULT_ATTESTATIONS": "1"}
+
+
+def _probe_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment a CLI probe runs in: that of the detection, so that its DOCKER_CONFIG
+    (where a user's cli-plugins/docker-buildx lives) counts."""
+    return {**os.environ, **environ}
+
+
+def _client_major(cli: str, environ: Mapping[str, str] = os.environ) -> int | None:
     try:
-        out = subprocess.run([cli, "--version"], capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run([cli, "--version"], capture_output=True, text=True, timeout=20,
+                             env=_probe_env(environ)).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     match = re.search(r"version (\d+)\.", out)
     return int(match.group(1)) if match else None
 
 
-def _has_buildx(cli: str) -> bool:
+def _has_buildx(cli: str, environ: Mapping[str, str] = os.environ) -> bool:
     try:
-        return subprocess.run([cli, "buildx", "version"], capture_output=True, timeout=20).returncode == 0
+        return subprocess.run([cli, "buildx", "version"], capture_output=True, timeout=20,
+                              env=_probe_env(environ)).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
 
 
 def detect_build_tool(environ: Mapping[str, str] = os.environ, fallbacks: Iterable[str] = ("/usr/bin/docker",)) -> BuildTool:
-    """The first docker CLI that can run BuildKit builds ($BUILDER_DOCKER_CLI, PATH, /usr/bin)."""
+    """The first docker CLI that can run BuildKit builds ($BUILDER_DOCKER_CLI, PATH, /usr/bin).
+    A DOCKER_CONFIG in `environ` is where the plugin was found, so the build keeps it."""
     candidates: list[str] = []
     for name in (environ.get("BUILDER_DOCKER_CLI"), shutil.which("docker", path=environ.get("PATH")), *fallbacks):
         if name and os.path.exists(name) and os.path.realpath(name) not in map(os.path.realpath, candidates):
             candidates.append(name)
     if not candidates:
         raise DockerError("no docker CLI found: install Docker (the engine and its CLI) and build again")
+    config = {"DOCKER_CONFIG": environ["DOCKER_CONFIG"]} if environ.get("DOCKER_CONFIG") else {}
     for cli in candidates:
-        if _has_buildx(cli):
-            return BuildTool((cli, "buildx", "build", "--load"))
+        if _has_buildx(cli, environ):
+            return BuildTool((cli, "buildx", "build", "--load"), {**config, **_BUILDX_ENV})
     for cli in candidates:
-        major = _client_major(cli)
+        major = _client_major(cli, environ)
         if major is not None and major < 23:
-            return BuildTool((cli, "build"), {"DOCKER_BUILDKIT": "1"})
+            return BuildTool((cli, "build"), {**config, "DOCKER_BUILDKIT": "1"})
     raise DockerError(
         f"none of {', '.join(candidates)} can run a BuildKit build: install the docker buildx plugin "
         "(`docker buildx version` must work) or point BUILDER_DOCKER_CLI at a client that can"
@@ -95,6 +119,15 @@ def network_for(requested: str, has_bridge: bool) -> str:
     return "default" if has_bridge else "host"
 
 
+def _read_metadata(path: Path) -> dict[str, Any]:
+    """buildx's --metadata-file (containerimage.digest, containerimage.config.digest); {} when absent."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _failure_summary(lines: list[str]) -> str:
     """The most telling line of a failed BuildKit log, with a hint where we know one."""
     interesting = [line for line in lines if _STEP_ERROR.search(line)]
@@ -105,12 +138,30 @@ def _failure_summary(lines: list[str]) -> str:
     return pick
 
 
-class Docker:
-    """One connection to a Docker engine; pass it in, never a global."""
+def engine_host(client: Any) -> str | None:
+    """The DOCKER_HOST that names the engine an SDK client talks to over a unix socket (what the
+    SDK keeps is only `http+docker://localhost`, the socket's path is on its transport adapter);
+    None for any other transport, where the environment already names the engine."""
+    api = getattr(client, "api", client)
+    base = getattr(api, "base_url", "")
+    if not isinstance(base, str) or not base.startswith("http+docker://"):
+        return None
+    path = getattr(api.get_adapter(base), "socket_path", None)
+    return f"unix://{path}" if isinstance(path, str) and path else None
 
-    def __init__(self, client: Any, build_tool: BuildTool | None = None) -> None:
+
+class Docker:
+    """One connection to a Docker engine; pass it in, never a global.
+
+    `docker_host`: the engine as the CLI should name it (DOCKER_HOST); by default the one the SDK
+    client talks to, so a build never lands on another engine than the one that runs, tags and
+    pushes its image (the CLI would otherwise follow its own context or the environment)."""
+
+    def __init__(self, client: Any, build_tool: BuildTool | None = None, docker_host: str | None = None) -> None:
         self.client = client
         self._build_tool = build_tool
+        self.docker_host = docker_host or engine_host(client)
+        self._configs: dict[str, str] = {}  # image id -> config digest, for images built here
 
     @classmethod
     def connect(cls) -> "Docker":
@@ -148,12 +199,14 @@ class Docker:
                 argv = [a for a in argv if a != "--load"] + ["--output", "type=tar,dest=/dev/null"]
             else:
                 argv += ["--iidfile", str(iidfile)]
+                if tool.buildx:
+                    argv += ["--metadata-file", str(Path(tmp, "metadata.json"))]
             for secret_id, path in sorted(request.secrets.items()):
                 argv += ["--secret", f"id={secret_id},src={path}"]
             for key, value in sorted(request.build_args.items()):
                 argv += ["--build-arg", f"{key}={value}"]
             argv.append(str(request.context))
-            env = {**os.environ, **tool.env}
+            env = {**os.environ, **tool.env, **({"DOCKER_HOST": self.docker_host} if self.docker_host else {})}
             tail: list[str] = []
             carried: BuilderError | None = None
             try:
@@ -178,10 +231,39 @@ class Docker:
                 raise DockerError(f"image build failed: {_failure_summary(tail)} (the build log above has the rest)")
             if request.discard:
                 return ""
-            image_id = iidfile.read_text().strip()
+            image_id = iidfile.read_text().strip() if iidfile.exists() else ""
+            metadata = _read_metadata(Path(tmp, "metadata.json"))
         if not image_id.startswith("sha256:"):
             raise DockerError(f"the build finished but reported no image id (got {image_id!r})")
-        return image_id
+        return self._engine_id(image_id, metadata)
+
+    def _engine_id(self, reported: str, metadata: Mapping[str, Any]) -> str:
+        """The id the engine knows the new image by. The iidfile holds the config digest, which is
+        the image id on the classic store; the containerd image store keeps images by their
+        manifest digest and answers "No such image" for the config's (checked on Docker 26), so
+        there the manifest digest buildx wrote to its metadata file is the id."""
+        from docker.errors import DockerException, ImageNotFound
+
+        config = str(metadata.get("containerimage.config.digest") or reported)
+        for candidate in dict.fromkeys([reported, str(metadata.get("containerimage.digest") or "")]):
+            if not candidate.startswith("sha256:"):
+                continue
+            try:
+                image_id = str(self.client.images.get(candidate).id)
+            except ImageNotFound:
+                continue
+            except DockerException as exc:
+                raise DockerError(f"the build finished but the engine cannot show {candidate[:19]}: "
+                                  f"{' '.join(str(exc).split())[:200]}") from None
+            self._configs[image_id] = config
+            return image_id
+        raise DockerError(f"the build finished but the engine knows no image {reported[:19]}: "
+                          "was DOCKER_HOST or the docker context changed during the build?")
+
+    def config_digest(self, image_id: str) -> str:
+        """The digest of the image's config (what a registry's manifest names), which is its id on
+        the classic store but not on the containerd image store. Known for images built here."""
+        return self._configs.get(image_id, image_id)
 
     # -- inspect, run ------------------------------------------------------------------------
     def has_bridge_network(self) -> bool:

@@ -12,12 +12,16 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
 
 from builder.project import Project
 from tests.localhub import LocalHub
+
+if TYPE_CHECKING:
+    from tests.engines import CiUser, Engine26, Engine26Pool
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "builder-local/python-cpu:3.11"
@@ -47,6 +51,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The builder's default files (the ledger under $XDG_STATE_HOME, the push state under
+    $XDG_CACHE_HOME) in this session's own directory, for the builders the tests start too: never
+    the user's own, which another checkout's newer builder may have migrated, nor one that another
+    session or pytest-xdist worker writes at the same time."""
+    home = tmp_path_factory.mktemp("xdg")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(home / "state"))
+        patch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+        yield home
 
 
 @pytest.fixture(scope="session")
@@ -165,6 +182,48 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield address
     proc.terminate()
     proc.wait(timeout=10)
+
+
+# -- Docker 26 from Debian 13, both image stores, and a non-root user (tests/engines.py) ---------------
+def _unavailable(what: str, problem: str) -> None:
+    if os.environ.get("BUILDER_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"{what} required (make test) but: {problem}")
+    pytest.skip(f"{what}: {problem}")
+
+
+@pytest.fixture(scope="session")
+def engines26(docker_ready: None) -> Iterator[Engine26Pool]:
+    """The Debian 13 engine's modes, each started on first use and let go at the session's end."""
+    from tests.engines import Engine26Pool
+
+    pool = Engine26Pool()
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="session", params=["classic", "containerd"])
+def engine26(request: pytest.FixtureRequest, engines26: Engine26Pool) -> Engine26:
+    """Docker 26 in one mode (classic store, containerd image store), holding the local base image."""
+    from builder.docker import Docker
+    from tests.engines import EngineUnavailable, ensure_image
+
+    try:
+        engine = engines26.get(request.param)
+        ensure_image(Docker.connect().client, engine, BASE_IMAGE)
+    except EngineUnavailable as exc:
+        _unavailable(f"the Docker 26 engine ({request.param})", str(exc))
+    return engine
+
+
+@pytest.fixture(scope="session")
+def ci_user() -> CiUser:
+    """builderci (uid 2000 where free), in the docker group that owns every engine's socket."""
+    from tests.engines import EngineUnavailable, ci_user as make_user
+
+    try:
+        return make_user()
+    except EngineUnavailable as exc:
+        _unavailable("the non-root CI user", str(exc))
 
 
 # -- PostgreSQL (the ledger shared by several build hosts) ------------------------------------------

@@ -68,3 +68,12 @@ def test_ledger_location(monkeypatch, tmp_path: Path) -> None:
     assert BuilderConfig().ledger_location == tmp_path / "builder" / "ledger.sqlite3"
     monkeypatch.setenv("BUILDER_LEDGER", str(tmp_path / "x.db"))
     assert BuilderConfig().ledger_location == tmp_path / "x.db"
+
+
+
+def test_the_tests_default_ledger_is_the_sessions_own(private_state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A builder a test starts without BUILDER_LEDGER writes the session's ledger, not the user's
+    (tests/conftest.py's private_state; under pytest-xdist each worker has its own)."""
+    monkeypatch.delenv("BUILDER_LEDGER", raising=False)
+    location = Path(config().ledger_location)
+    assert location.is_relative_to(private_state) and not location.is_relative_to(Path.home())

@@ -28,6 +28,30 @@ need=()
 for pair in dockerd:docker.io docker-registry:docker-registry debootstrap:debootstrap skopeo:skopeo curl:curl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
+# -- Debian 13 and later (issue 24) ---------------------------------------------------------------
+# Debian 12's docker.io (20.10) carries its client, which runs BuildKit builds with DOCKER_BUILDKIT=1.
+# From Debian 13 on, docker.io is 26.x and its client is the docker-cli package; a client of 23 or
+# later builds only through the buildx plugin (docker-buildx), so both come with it.
+debian=$(. /etc/os-release && printf %s "${VERSION_CODENAME:-}")
+case "$debian" in
+  bullseye | bookworm) ;;
+  *) [ -x /usr/bin/docker ] || need+=(docker-cli)
+     /usr/bin/docker buildx version >/dev/null 2>&1 || need+=(docker-buildx) ;;
+esac
+# A Python of 3.11 or later that can make a virtual environment (Debian 13 has 3.13 and no 3.11;
+# its venv module is the python3-venv package). 3.11 first: the lock, the local base image and the
+# CPU torch wheel on these machines are made for it.
+find_python() {
+  local candidate
+  for candidate in python3.11 python3.12 python3.13 python3; do
+    command -v "$candidate" >/dev/null 2>&1 || continue
+    "$candidate" -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 \
+      && { command -v "$candidate"; return 0; }
+  done
+  return 1
+}
+if [ ! -x "$root/.venv/bin/python" ] && ! find_python >/dev/null; then need+=(python3-venv); fi
+# -- end of Debian 13 ------------------------------------------------------------------------------
 # The PostgreSQL ledger's tests run a throwaway server (its binaries are not on PATH).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if ((${#need[@]})); then
@@ -97,7 +121,11 @@ fi
 stamp="$root/.venv/.installed-$(cat "$root/pyproject.toml" "$here/constraints.txt" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   log "installing the project into .venv"
-  [ -x "$root/.venv/bin/python" ] || python3.11 -m venv "$root/.venv"
+  if [ ! -x "$root/.venv/bin/python" ]; then
+    python=$(find_python) || { log "no Python 3.11 or later with its venv module (apt-get install python3-venv)"; exit 1; }
+    log "making .venv with $python ($("$python" --version 2>&1))"
+    "$python" -m venv "$root/.venv"
+  fi
   {
     "$root/.venv/bin/pip" install --upgrade pip &&
     # torch first and pinned: an unpinned torch would resolve to a CUDA build of several GB.
@@ -173,4 +201,8 @@ if [ "$want_audio" = 1 ] && [ "$current" != "$audio_hash" ]; then
   trap - EXIT
   rm -rf "$ctx"
 fi
+# -- Docker 26 from a Debian 13 root, for the engine26 tests (issue 24) -----------------------------
+# Made once and cached (.cache/env/engine26); its engines start when a test first asks for one.
+"$here/engine26.sh" prepare
+
 log "ready: docker $($DOCKER version -f '{{.Server.Version}}'), registry $REGISTRY_ADDR, bases $BASE_IMAGE$( [ "$want_audio" = 1 ] && printf ", %s" "$AUDIO_BASE_IMAGE")"

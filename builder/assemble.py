@@ -166,4 +166,9 @@ def push_engine_image(docker: Docker, client: RegistryClient, name: str, tag: st
                 raise RegistryError(f"push.engine is builder, but {exc}: set push.engine to auto") from None
             say(f"pushing through the Docker engine (gzip, one layer at a time): {exc}")
     credentials = client.auth.credentials
-    return docker.push(client.ref.repository(name), tag, on_event, credentials.engine_auth() if credentials else None)
+    digest = docker.push(client.ref.repository(name), tag, on_event, credentials.engine_auth() if credentials else None)
+    digest = digest or client.manifest_digest(name, tag)
+    if not digest:
+        raise RegistryError(f"{client.ref.repository(name)}:{tag} is not in the registry after the engine pushed it: "
+                            "check its logs")
+    return digest

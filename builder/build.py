@@ -27,7 +27,7 @@ from builder.assemble import CodeBlobs, Upload, code_blobs, engine_store, open_u
 from builder.compose import CodeImage, compose_config, image_id_of, load_archive, read_code_image
 from builder.config import BuilderConfig
 from builder.docker import BuildRequest, Docker
-from builder.errors import ConfigError, InputError, ManifestError, RegistryError
+from builder.errors import ConfigError, DockerError, InputError, ManifestError, RegistryError
 from builder.fetch import Attempt, ContentCache, FetchConfig, FetchedFile, FetchEngine, PlannedFile
 from builder.fetch.progress import human
 from builder.ledger import Ledger
@@ -165,6 +165,7 @@ class Build:
     elsewhere: dict[str, tuple[str, int]] = field(default_factory=dict)  # streamed: sha256 -> layer digest, size
     stream_error: BaseException | None = None
     cancelled: bool = False  # the code image's build was stopped: its log is no longer echoed
+    loaded: str = ""  # the id the engine gave the image, when it was loaded into it
     lock: threading.Lock = field(default_factory=threading.Lock)
     ledger_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -261,9 +262,14 @@ def _stages(build: Build) -> BuildResult:
         return _already_there(build, result, existing)
     if build.options.assemble_only:
         return _assemble_only(build, result)
-    result.smoke, result.smoke_via = _smoke(build)
+    if build.pushing and not build.docker.is_local():
+        return _push_then_smoke(build, result)  # an engine elsewhere pulls what it lacks from the registry
+    smoke = _smoke(build)
+    if smoke is None:
+        return _push_then_smoke(build, result)  # the engine cannot see this host's files
+    result.smoke, result.smoke_via = smoke
     if not build.pushing:
-        build.docker.tag(build.image_id, manifest.name, manifest.version)
+        build.docker.tag(build.loaded or build.image_id, manifest.name, manifest.version)
         result.tag = f"{manifest.name}:{manifest.version}"
         return result
     return _push_and_tag(build, result)
@@ -427,56 +433,96 @@ def _build_code(build: Build, procs: list[Any]) -> str:
         )
 
 
-def _smoke(build: Build) -> tuple[dict[str, Any], str]:
-    """Run the smoke on the image's bytes: through bind mounts where the engine is on this machine
-    and the image goes to a registry, else on the image itself, loaded into the engine."""
+def _smoke(build: Build) -> tuple[dict[str, Any], str] | None:
+    """Run the smoke on the image's bytes: through bind mounts where the image goes to a registry,
+    else (--no-push) on the image itself, loaded into the engine. None when the mounts are
+    impossible: the engine cannot see this host's files (one in a chroot, a VM, another
+    container, on the same socket); the random scratch path it could not find proves it."""
     manifest, docker = build.manifest, build.docker
     started = time.perf_counter()
-    if build.pushing and docker.is_local():
-        via = "mounts"
-        build.say(f"smoke test on the code image with the weights mounted read-only from the cache "
-                  f"({'GPU' if build.gpus else 'CPU'}, no network)")
-        cache = build.services.cache()
-        scratch = Path(tempfile.mkdtemp(prefix="smoke-", dir=cache.root))
+    if build.pushing:
         try:
-            mounts = smoke_mounts(cache, build.plan, build.fetched, scratch)
-            smoke = run_smoke(docker, build.code.image_id, manifest, build.gpus,  # type: ignore[union-attr]
-                              [(str(m.source), m.target) for m in mounts])
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            smoke, via = _smoke_with_mounts(build), "mounts"
+        except DockerError as exc:
+            if "bind source path does not exist" not in str(exc) and "invalid mount config" not in str(exc):
+                raise
+            build.say("the engine cannot see this host's files: the image goes to the registry first, by "
+                      "digest, and the engine pulls it for the smoke")
+            return None
     else:
         via = "image"
         build.say("the image into the engine (one write of the weights), then the smoke test in it "
                   f"({'GPU' if build.gpus else 'CPU'}, no network)")
-        _load(build)
-        smoke = run_smoke(docker, build.image_id, manifest, build.gpus)
-    build.seconds["smoke"] = round(time.perf_counter() - started, 2)
-    build.ledger.record_smoke(build.build_id, build.image_id, smoke)
-    require_pass(manifest, smoke)
-    build.say(f"smoke passed in {build.seconds['smoke']:.1f}s: {smoke_summary(smoke)}")
+        build.loaded = _load(build)
+        smoke = run_smoke(docker, build.loaded, manifest, build.gpus)
+    _passed(build, smoke, time.perf_counter() - started)
     return smoke, via
 
 
-def _load(build: Build) -> None:
-    """Load the composed image into the engine. The layers above the weights (server code,
-    manifest.json) come from the engine's store where it can be read, else from `docker save`."""
+def _passed(build: Build, smoke: dict[str, Any], seconds: float) -> None:
+    build.seconds["smoke"] = round(seconds, 2)
+    build.ledger.record_smoke(build.build_id, build.image_id, smoke)
+    require_pass(build.manifest, smoke)
+    build.say(f"smoke passed in {build.seconds['smoke']:.1f}s: {smoke_summary(smoke)}")
+
+
+def _push_then_smoke(build: Build, result: BuildResult) -> BuildResult:
+    """For an engine that cannot see this host's files: the image goes to the registry by digest,
+    untagged; the engine pulls it and runs the smoke; only then the version's tag."""
+    manifest = build.manifest
+    build.say(f"push {build.repository} by digest, untagged, for the engine to pull")
+    started = time.perf_counter()
+    digest = _push(build, None)
+    build.seconds["push"] = round(time.perf_counter() - started, 2)
+    started = time.perf_counter()
+    pulled = build.docker.pull(f"{build.repository}@{digest}")
+    build.say(f"smoke test in the pulled image ({'GPU' if build.gpus else 'CPU'}, no network)")
+    smoke = run_smoke(build.docker, pulled, manifest, build.gpus)
+    _passed(build, smoke, time.perf_counter() - started)
+    result.smoke, result.smoke_via = smoke, "pulled"
+    build.upload.client.tag(manifest.name, digest, manifest.version)  # type: ignore[union-attr]
+    return _record_push(build, result, digest, "pushed")
+
+
+def _smoke_with_mounts(build: Build) -> dict[str, Any]:
+    build.say(f"smoke test on the code image with the weights mounted read-only from the cache "
+              f"({'GPU' if build.gpus else 'CPU'}, no network)")
+    cache = build.services.cache()
+    scratch = Path(tempfile.mkdtemp(prefix="smoke-", dir=cache.root))
+    try:
+        mounts = smoke_mounts(cache, build.plan, build.fetched, scratch)
+        return run_smoke(build.docker, build.code.image_id, build.manifest, build.gpus,  # type: ignore[union-attr]
+                         [(str(m.source), m.target) for m in mounts])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _load(build: Build) -> str:
+    """Load the composed image into the engine; the id it answers to. The code layers above the
+    weights come from the engine's store where it can be read, else from `docker save`; an engine
+    that wants every layer in the archive (the containerd image store) gets the ones below too."""
     code = build.code
     assert code is not None
-    above, sizes = _layers_above(build.docker, code)
-    build.docker.load(load_archive(build.config, code, build.weights, above, sizes))
+    above = _code_layers(build.docker, code, set(code.diff_ids[code.split:]))
+    try:
+        return build.docker.load(load_archive(build.config, code, build.weights, above)) or build.image_id
+    except DockerError as exc:
+        if "not found" not in str(exc) and "failed to resolve" not in str(exc):
+            raise
+    build.say("this engine wants every layer in the archive: the code image's too")
+    every = _code_layers(build.docker, code, set(code.diff_ids))
+    return build.docker.load(load_archive(build.config, code, build.weights, every)) or build.image_id
 
 
-def _layers_above(docker: Docker, code: CodeImage) -> tuple[dict[str, Any], dict[str, int]]:
-    wanted = set(code.diff_ids[code.split:])
+def _code_layers(docker: Docker, code: CodeImage, wanted: set[str]) -> dict[str, tuple[Any, int]]:
     try:
         store = EngineLayers.open(docker.client)
         layers = [layer for layer in store.layers(store.config(code.image_id)) if layer.diff_id in wanted]
-        return {layer.diff_id: layer.read for layer in layers}, {layer.diff_id: layer.size for layer in layers}
+        return {layer.diff_id: (layer.read, layer.size) for layer in layers}
     except LayersUnavailable:
         pass
     saved = docker.saved_layers(code.image_id, wanted)
-    return ({d: (lambda path=path: _read_file(path)) for d, path in saved.items()},
-            {d: path.stat().st_size for d, path in saved.items()})
+    return {d: ((lambda path=path: _read_file(path)), path.stat().st_size) for d, path in saved.items()}
 
 
 def _read_file(path: Path):

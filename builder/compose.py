@@ -133,17 +133,21 @@ def image_id_of(config: bytes) -> str:
 
 
 def load_archive(config: bytes, code: CodeImage, weights: list[WeightsLayer],
-                 above: dict[str, Callable[[], Iterator[bytes]]], above_sizes: dict[str, int]) -> Iterator[bytes]:
+                 code_layers: dict[str, tuple[Callable[[], Iterator[bytes]], int]]) -> Iterator[bytes]:
     """The image as a docker-archive stream for `docker load`: the config, the weights layers and
-    the code layers above them. The layers below are the code image's own: an engine that holds
-    the code image has them and does not read them (moby's load skips a layer whose chain it has)."""
+    the code layers `code_layers` holds (diff id -> (reader, size)). The classic store needs only
+    those above the weights: it does not read a layer whose chain it has (moby's image/tarexport);
+    the containerd image store wants every layer in the archive."""
     layer_names = [f"{d.split(':', 1)[1]}/layer.tar" for d in json.loads(config)["rootfs"]["diff_ids"]]
     config_name = f"{image_id_of(config).split(':', 1)[1]}.json"
     members: list[tuple[str, int, Callable[[], Iterator[bytes]]]] = [(config_name, len(config), lambda: iter([config]))]
+    for diff_id in code.diff_ids[: code.split]:
+        if diff_id in code_layers:
+            members.append((f"{diff_id.split(':', 1)[1]}/layer.tar", code_layers[diff_id][1], code_layers[diff_id][0]))
     for layer in weights:
         members.append((f"{layer.diff_id.split(':', 1)[1]}/layer.tar", layer.size, layer.blob.read))
     for diff_id in code.diff_ids[code.split:]:
-        members.append((f"{diff_id.split(':', 1)[1]}/layer.tar", above_sizes[diff_id], above[diff_id]))
+        members.append((f"{diff_id.split(':', 1)[1]}/layer.tar", code_layers[diff_id][1], code_layers[diff_id][0]))
     index = json.dumps([{"Config": config_name, "RepoTags": None, "Layers": layer_names}]).encode()
     members.append(("manifest.json", len(index), lambda: iter([index])))
     return stream_archive(members)

@@ -302,16 +302,23 @@ class Docker:
         except DockerException as exc:
             raise DockerError(f"cannot read the history of {ref[:40]}: {' '.join(str(exc).split())[:300]}") from None
 
-    def load(self, archive: Iterable[bytes]) -> None:
-        """Load an image archive (docker-archive format) streamed from `archive`."""
+    def load(self, archive: Iterable[bytes]) -> str | None:
+        """Load an image archive (docker-archive format) streamed from `archive`; the id the engine
+        gives it (its config digest on the classic store, a manifest digest on the containerd
+        image store), or None when it does not say."""
         from docker.errors import DockerException
 
+        loaded = None
         try:
             for event in self.client.api.load_image((chunk for chunk in archive), quiet=True):
                 if isinstance(event, dict) and event.get("error"):
                     raise DockerError(f"the engine refused the image: {event['error']}")
+                said = event.get("stream", "") if isinstance(event, dict) else ""
+                if "Loaded image ID: " in said:
+                    loaded = said.split("Loaded image ID: ", 1)[1].strip()
         except DockerException as exc:
             raise DockerError(f"cannot load the image into the engine: {' '.join(str(exc).split())[:300]}") from None
+        return loaded
 
     def run_to_completion(self, image: str, command: list[str], *, timeout: float, gpus: bool,
                           environment: Mapping[str, str] | None = None,
@@ -358,7 +365,9 @@ class Docker:
     def saved_layers(self, image_id: str, wanted: set[str]) -> dict[str, Path]:
         """The layer tars of `image_id` whose diff ids are `wanted`, taken from `docker save` (any
         engine, any user) into temporary files: for the few small layers the engine's store cannot
-        give where it cannot be read. Uncompressed layers only (the classic store's archive)."""
+        give where it cannot be read. The classic store exports each layer as a tar; the containerd
+        store, the blobs it holds (gzip here): those are unpacked on the way."""
+        import gzip
         import hashlib
         import tarfile
 
@@ -375,7 +384,13 @@ class Docker:
                     source = archive.extractfile(member)
                     target = out / f"{len(found)}-{os.getpid()}.tar"
                     digest = hashlib.sha256()
+                    head = source.read(2)  # type: ignore[union-attr]
+                    if head == b"\x1f\x8b":  # a gzip blob (the containerd store's export): its diff id is of the tar
+                        source = gzip.GzipFile(fileobj=_Prefixed(head, source))  # type: ignore[assignment]
+                        head = b""
                     with target.open("wb") as handle:
+                        digest.update(head)
+                        handle.write(head)
                         while chunk := source.read(4 * 1024 * 1024):  # type: ignore[union-attr]
                             digest.update(chunk)
                             handle.write(chunk)
@@ -388,8 +403,8 @@ class Docker:
             raise DockerError(f"cannot read the layers of {image_id[:19]} from the engine: {exc}") from None
         missing = wanted - set(found)
         if missing:
-            raise DockerError(f"the engine's export of {image_id[:19]} lacks layer {sorted(missing)[0][:19]} "
-                              "(a compressed store?): push the image to a registry instead of --no-push")
+            raise DockerError(f"the engine's export of {image_id[:19]} lacks layer {sorted(missing)[0][:19]}: push the "
+                              "image to a registry instead (--registry) and pull it")
         return found
 
     def pull(self, reference: str) -> str:
@@ -412,8 +427,9 @@ class Docker:
             pass
 
     def push(self, repository: str, tag: str, on_event: Callable[[dict], None],
-             auth_config: dict[str, str] | None = None) -> str:
-        """Push repository:tag; return the manifest digest the registry reported. `auth_config`:
+             auth_config: dict[str, str] | None = None) -> str | None:
+        """Push repository:tag; return the manifest digest the engine reported (the containerd
+        image store's push of Docker 26 reports none: ask the registry then). `auth_config`:
         credentials the engine would not find in the Docker config (BUILDER_REGISTRY_USERNAME and
         _PASSWORD), handed over as the Docker SDK's X-Registry-Auth; never logged."""
         from docker.errors import DockerException
@@ -429,9 +445,24 @@ class Docker:
                 on_event(event)
         except DockerException as exc:
             raise RegistryError(f"push of {repository}:{tag} failed: {' '.join(str(exc).split())[:300]}") from None
-        if not digest:
-            raise RegistryError(f"push of {repository}:{tag} reported no digest: check the registry's logs")
         return digest
+
+
+class _Prefixed:
+    """A file object that gives `head` back before the rest of `rest` (a peek undone)."""
+
+    def __init__(self, head: bytes, rest: Any) -> None:
+        self.head = head
+        self.rest = rest
+
+    def read(self, size: int = -1) -> bytes:
+        if not self.head:
+            return self.rest.read(size)
+        if size < 0:
+            data, self.head = self.head + self.rest.read(), b""
+            return data
+        data, self.head = self.head[:size], self.head[size:]
+        return data + (self.rest.read(size - len(data)) if size > len(data) else b"")
 
 
 class _ChunkReader:

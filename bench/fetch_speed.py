@@ -74,11 +74,6 @@ def _child(kind: str, spec_path: Path) -> None:
         items = [fetch.PlannedFile(REPO, "model", spec["commit"], f["path"], f["path"],
                                    None if kind == "nohash" else f["sha256"], f["size"], "small") for f in spec["files"]]
         engine.fetch(items)
-        if kind == "ours" and spec.get("export"):
-            copy_started = time.perf_counter()
-            for f in spec["files"]:
-                shutil.copyfile(engine.cache.blob(f["sha256"]), Path(spec["export"]) / Path(f["path"]).name)
-            print(json.dumps({"export_seconds": time.perf_counter() - copy_started}))
     print(json.dumps({"seconds": time.perf_counter() - started}))
 
 
@@ -162,12 +157,8 @@ def main() -> None:
                 for kind in (order if round_ % 2 == 0 else order[::-1]):  # no contender always goes first
                     out = tmp / f"out-{kind}-{round_}"
                     spec = {**common, "out": str(out)}
-                    if kind == "ours":
-                        spec["export"] = str(tmp / f"export-{round_}")
-                        Path(spec["export"]).mkdir()
                     runs[kind].append(_run_child(kind, spec, tmp))
                     shutil.rmtree(out, ignore_errors=True)  # every run starts cold and the disk stays small
-                    shutil.rmtree(tmp / f"export-{round_}", ignore_errors=True)
             results = {kind: _median(rows) for kind, rows in runs.items()}
     base, ours, nohash = (results[k]["seconds"] for k in ("baseline", "ours", "nohash"))
     gb = total / 1e9
@@ -184,7 +175,6 @@ def main() -> None:
               f"  {r['all_seconds']}")
     print(f"speedup over the baseline: {base / ours:.2f}x (goal >= 1.5x)")
     print(f"verification overhead: {100 * (ours - nohash) / nohash:+.1f}% over downloading alone (goal <= 5%)")
-    print(f"export copy to the layer directory (a build's extra step): {results['ours'].get('export_seconds', 0):.2f} s")
     print(f"openssl speed -evp sha256: {_openssl_sha256()}")
 
 

@@ -1,23 +1,21 @@
-"""How the cost of a build grows with the weights: each phase's seconds and GB/s at 1, 2 and 4 GiB.
+"""How a cold build grows with the weights, against the two limits measured alone in the same run.
 
-    .venv/bin/python -m bench.scale [--gib 1 2 4]
+    .venv/bin/python -m bench.scale [--gib 1 2 4 8] [--pull]
 
 For each size, a fixture of that many GiB of random (incompressible) weights, in two files
-beside the demo's tiny pipeline (so the smoke runs a real model), is published to a loopback Hub
-and built by the builder itself (`run_build`), cold: nothing of it in the weights cache. A
-registry of the bench's own takes the push. Phases, from BuildKit's step timings and the build's
-own clock:
+beside the demo's tiny pipeline (so the smoke runs a real model), is served by a loopback Hub.
+In the same session, for each size:
 
-- fetch + verify + export: the weights stage's fetch step (download from the Hub, sha256 as the
-  bytes arrive, then the copy into /export);
-- layers: the `COPY --from=weights` steps plus BuildKit's "exporting layers" (the engine hashes
-  and stores each layer);
-- smoke: the container runs the model;
-- push: the builder's push (uncompressed weights layers).
+- download alone: the fetch engine's stream of every file, verified (sha256), into nothing;
+- upload alone: the same bytes, as the same layers, from disk to a registry of the same kind on
+  the same disk (its own, so the build's push finds nothing there), through the builder's push;
+- the build: `run_build`, cold (an empty weights cache), pushing to that registry; then a
+  version bump of it (same weights, new version).
 
-Printed beside what this machine can do at most: sha256 (`openssl speed -evp sha256`), a disk
-write with fdatasync (`dd`), so a reader sees which phase grows fastest and how far each is from
-its limit. The padding files are removed from the weights cache afterwards.
+Disk: the build host's extra disk is sampled every 0.2 s (df of the filesystem holding the
+weights cache and Docker's data root, less what the bench's own registry and Hub hold), and
+the bytes written per phase are read from /proc/diskstats at the build's phase lines, less what
+the registry wrote in that time. The fixture's files are removed afterwards.
 """
 
 from __future__ import annotations
@@ -26,48 +24,116 @@ import argparse
 import copy
 import hashlib
 import os
-import re
+import shutil
 import subprocess
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from builder.build import BuildOptions, Services, run_build
-from builder.cache import run_cache_tool
 from builder.config import BuilderConfig, MirrorEntry
 from builder.docker import Docker
+from builder.fetch import ContentCache, FetchConfig, FetchEngine, Mirror, PlannedFile
+from builder.fetch.stream import stream_file
 from builder.ledger import Ledger
 from builder.manifest import Manifest
 from builder.project import Project
 from builder.registry import RegistryClient, RegistryRef
 from builder.registry.layers import EngineLayers
 from builder.registry.push import Pusher
-from tests.engines import scratch_registry
+from builder.weights.tar import Entry, TarBlob, file_layer_frame, pieces_of
+from tests.engines import scratch_registry, second_engine
 from tests.fixtures.tiny_models import make_tiny_sd
 from tests.localhub import LocalHub
 
 ROOT = Path(__file__).resolve().parent.parent
-_STEP = re.compile(r"^#(\d+) (\[.*)$")
-_DONE = re.compile(r"^#(\d+) DONE (\d+(?:\.\d+)?)s$")
-_EXPORT = re.compile(r"exporting layers (\d+(?:\.\d+)?)s done")
+GB = 1e9
 
 
-def machine_limits(workdir: Path) -> dict[str, float]:
-    out = subprocess.run(["openssl", "speed", "-evp", "sha256", "-seconds", "2", "-bytes", "16777216"],
-                         capture_output=True, text=True).stdout
-    sha = float(out.strip().splitlines()[-1].split()[-1].rstrip("k")) * 1000 / 1e9
-    target = workdir / "dd.bin"
-    dd = subprocess.run(["dd", "if=/dev/zero", f"of={target}", "bs=16M", "count=64", "conv=fdatasync"],
-                        capture_output=True, text=True).stderr
-    target.unlink(missing_ok=True)
-    match = re.search(r"copied, ([\d.]+) s", dd)
-    disk = (16 * 64 * 2**20 / float(match.group(1)) / 1e9) if match else float("nan")
-    return {"sha256_gbps": sha, "disk_write_gbps": disk}
+def du(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
 
 
-def fixture(workdir: Path, gib: float) -> Path:
+def disk_written(device: str) -> int:
+    """Bytes written to `device` (e.g. vda) since boot, from /proc/diskstats."""
+    for line in Path("/proc/diskstats").read_text().splitlines():
+        parts = line.split()
+        if parts[2] == device:
+            return int(parts[9]) * 512
+    return 0
+
+
+def device_of(path: Path) -> str:
+    source = subprocess.run(["findmnt", "-no", "SOURCE", "--target", str(path)], capture_output=True, text=True).stdout
+    return source.strip().rsplit("/", 1)[-1] or "vda"
+
+
+@dataclass
+class Watch:
+    """Peak extra disk on the build host, and bytes written per phase, while a build runs."""
+
+    where: Path
+    own: list[Path]  # the bench's registry and Hub: not the build host's
+    device: str
+    baseline: int = 0
+    own_baseline: int = 0
+    peak: int = 0
+    marks: list[tuple[str, float, int, int]] = field(default_factory=list)  # (phase, time, written, own)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def used(self) -> int:
+        stat = os.statvfs(self.where)
+        return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+
+    def own_bytes(self) -> int:
+        return sum(du(p) for p in self.own)
+
+    def start(self) -> None:
+        self.baseline, self.own_baseline = self.used(), self.own_bytes()
+        self.mark("start")
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            extra = self.used() - self.baseline - (self.own_bytes() - self.own_baseline)
+            self.peak = max(self.peak, extra)
+
+    def mark(self, phase: str) -> None:
+        self.marks.append((phase, time.perf_counter(), disk_written(self.device), self.own_bytes()))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.mark("end")
+
+    def written(self) -> dict[str, int]:
+        """Bytes the build host wrote in each phase (the registry's own writes taken out)."""
+        out: dict[str, int] = {}
+        for (phase, _, written, own), (_, _, next_written, next_own) in zip(self.marks, self.marks[1:]):
+            out[phase] = out.get(phase, 0) + max(0, (next_written - written) - (next_own - own))
+        return out
+
+
+def phase_of(message: str) -> str | None:
+    for start, phase in (("build ", "fetch + code image"), ("image ", "compose"), ("smoke test", "smoke"),
+                         ("the image into the engine", "smoke"), ("push ", "push"), ("pushed in", "record")):
+        if message.startswith(start):
+            return phase
+    return None
+
+
+def fixture(workdir: Path, gib: float) -> tuple[Path, list[dict]]:
     repo = make_tiny_sd(workdir / "repo")
     padding = repo / "padding"
     padding.mkdir()
@@ -76,100 +142,168 @@ def fixture(workdir: Path, gib: float) -> Path:
         with (padding / f"shard-{i}.safetensors").open("wb") as handle:
             for _ in range(0, half, 2**24):
                 handle.write(os.urandom(min(2**24, half)))
-    return repo
+    artifacts = []
+    for path in sorted(p for p in repo.rglob("*") if p.is_file()):
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(2**24), b""):
+                digest.update(block)
+        artifacts.append({"path": str(path.relative_to(repo)), "size": path.stat().st_size, "sha256": digest.hexdigest()})
+    return repo, artifacts
 
 
-def phases(lines: list[str]) -> dict[str, float]:
-    names: dict[str, str] = {}
-    found = {"fetch + verify + export": 0.0, "layers": 0.0}
-    for line in lines:
-        if match := _STEP.match(line):
-            names.setdefault(match.group(1), match.group(2))
-        elif match := _DONE.match(line):
-            name = names.get(match.group(1), "")
-            if "builder.fetch /opt/builder-fetch/weights.json" in name:
-                found["fetch + verify + export"] += float(match.group(2))
-            elif "COPY --from=weights" in name:
-                found["layers"] += float(match.group(2))
-        if match := _EXPORT.search(line):
-            found["layers"] += float(match.group(1))
-    return found
+class _NullSink:
+    def write(self, data: bytes) -> None:
+        pass
+
+    def commit(self, digest: str, size: int) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
 
 
-def run_size(gib: float, run: str, demo: dict, docker: Docker, registry: str) -> tuple[dict[str, float], int]:
+def download_alone(hub: LocalHub, repo_id: str, commit: str, artifacts: list[dict], scratch: Path) -> float:
+    config = FetchConfig(mirrors=(Mirror("local", hub.url),))
+    engine = FetchEngine(config, None, ContentCache(scratch), "bench", log=lambda line: None)
+    items = [PlannedFile(repo_id, "model", commit, a["path"], a["path"], a["sha256"], a["size"], "x") for a in artifacts]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
+        for future in [pool.submit(stream_file, engine, item, (b"", b""), _NullSink()) for item in items]:
+            future.result()
+    return time.perf_counter() - started
+
+
+def upload_alone(registry: str, repo: Path, artifacts: list[dict], name: str) -> float:
+    client = RegistryClient(RegistryRef.parse(registry))
+    pusher = Pusher(client, None)
+    layers = []
+    for a in artifacts:
+        path = repo / a["path"]
+        member = f"opt/weights/sha256/{a['sha256']}"
+        layers.append(pusher.weights_blob(TarBlob(pieces_of([Entry(member, size=a["size"], source=path)]),
+                                                  _frame_digest(path, member, a["size"]))))
+    config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[%s]}}' % b",".join(
+        b'"%s"' % layer.digest.encode() for layer in layers)
+    started = time.perf_counter()
+    pusher.push_blobs(name, "1", config, layers)
+    return time.perf_counter() - started
+
+
+def _frame_digest(path: Path, member: str, size: int) -> str:
+    head, tail = file_layer_frame(member, size)
+    digest = hashlib.sha256(head)
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(2**24), b""):
+            digest.update(block)
+    digest.update(tail)
+    return "sha256:" + digest.hexdigest()
+
+
+def build_once(manifest: Manifest, services: Services, docker: Docker, registry: str | None, watch: Watch) -> dict:
+    def say(message: str) -> None:
+        phase = phase_of(message)
+        if phase is not None:
+            watch.mark(phase)
+
+    watch.start()
+    started = time.perf_counter()
+    try:
+        result = run_build(manifest, "bench", Project(ROOT), BuildOptions(registry=registry, push=registry is not None),
+                           services, lambda: docker, say, lambda line: None)
+    finally:
+        watch.stop()
+    return {"wall": time.perf_counter() - started, "seconds": result.seconds, "downloaded": result.downloaded_bytes,
+            "written": watch.written(), "peak": watch.peak, "reference": result.digest_reference,
+            "image_id": result.image_id, "via": result.smoke_via}
+
+
+def run_size(gib: float, run: str, demo: dict, docker: Docker, registry: str, registry_dir: Path, pull: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-scale-", dir="/var/tmp") as tmp_name:
         tmp = Path(tmp_name)
-        repo = fixture(tmp, gib)
-        files = sorted(p for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts)
-        artifacts = []
-        for path in files:
-            digest = hashlib.sha256()
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(2**24), b""):
-                    digest.update(block)
-            artifacts.append({"path": str(path.relative_to(repo)), "size": path.stat().st_size, "sha256": digest.hexdigest()})
+        repo, artifacts = fixture(tmp, gib)
         total = sum(a["size"] for a in artifacts)
         with LocalHub(tmp / "hub") as hub:
             repo_id = f"bench/scale-{run}"
             commit = hub.serve_in_place(repo_id, repo)
+            out: dict = {"bytes": total}
+            out["download alone"] = download_alone(hub, repo_id, commit, artifacts, tmp / "null-cache")
+            # Into a registry of its own (the same program, on the same disk): the build's push must
+            # not find these very layers there already.
+            with scratch_registry(tmp / "alone-registry") as alone:
+                out["upload alone"] = upload_alone(alone, repo, artifacts, f"alone-{run}-{gib:g}")
+            shutil.rmtree(tmp / "alone-registry", ignore_errors=True)
             data = copy.deepcopy(demo)
             data["name"] = f"scale-{run}-{str(gib).replace('.', '-')}g"
             data["sources"] = [{"repo_id": repo_id, "revision": commit, "artifacts": artifacts}]
             data["runtime"]["large_file_bytes"] = 1048576
-            manifest = Manifest.model_validate(data)
-            services = Services(BuilderConfig(mirrors=(MirrorEntry(name="local", url=hub.url),)),
-                                Ledger(tmp / "ledger.sqlite3"))
-            lines: list[str] = []
-            started = time.perf_counter()
-            result = run_build(manifest, "bench", Project(ROOT), BuildOptions(registry=registry), services,
-                               lambda: docker, lambda message: None, lines.append)
-            wall = time.perf_counter() - started
-            found = phases(lines)
-            found["smoke"] = result.seconds.get("smoke", 0.0)
-            found["push"] = result.seconds.get("push", 0.0)
-            found["whole build"] = wall
-            docker.client.images.remove(result.image_id, force=True)
-        # Leave the weights cache as it was: drop this fixture's files from it.
-        ours = {a["sha256"] for a in artifacts}
-        present = {r["sha256"] for r in run_cache_tool(docker, demo["runtime"]["base_image"], ["ls"]) if r.get("sha256")}
-        run_cache_tool(docker, demo["runtime"]["base_image"], ["prune", "--unreferenced"], keep=present - ours)
-    return found, total
+            cache = tmp / "weights-cache"
+            config = BuilderConfig(mirrors=(MirrorEntry(name="local", url=hub.url),), weights_cache=str(cache))
+            services = Services(config, Ledger(tmp / "ledger.sqlite3"))
+            watch = Watch(cache.parent, [registry_dir, tmp / "repo", tmp / "hub"], device_of(cache.parent))
+            out["cold"] = build_once(Manifest.model_validate(data), services, docker, registry, watch)
+            data["version"] = "0.1.1"
+            bump = Watch(cache.parent, [registry_dir, tmp / "repo", tmp / "hub"], device_of(cache.parent))
+            out["bump"] = build_once(Manifest.model_validate(data), services, docker, registry, bump)
+            out["cache bytes"] = du(cache)
+            # The other way to smoke the same image: load it into the engine (what --no-push does).
+            loaded = Watch(cache.parent, [registry_dir, tmp / "repo", tmp / "hub"], device_of(cache.parent))
+            out["load"] = build_once(Manifest.model_validate(data), services, docker, None, loaded)
+            docker.client.images.remove(out["load"]["image_id"], force=True)
+            if pull:
+                with second_engine(tmp / "engine") as other:
+                    started = time.perf_counter()
+                    other.images.pull(out["cold"]["reference"])
+                    out["pull"] = time.perf_counter() - started
+        shutil.rmtree(tmp / "weights-cache", ignore_errors=True)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gib", type=float, nargs="+", default=[1.0, 2.0, 4.0])
+    parser.add_argument("--gib", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
+    parser.add_argument("--pull", action="store_true", help="also time a pull of each image into an empty engine")
     args = parser.parse_args()
     demo = yaml.safe_load((ROOT / "manifests/demo.yaml").read_text())
     docker = Docker.connect()
     run = hashlib.sha256(str(time.time()).encode()).hexdigest()[:6]
-    with tempfile.TemporaryDirectory(prefix="bench-limits-", dir="/var/tmp") as tmp:
-        limits = machine_limits(Path(tmp))
-    print(f"this machine: sha256 {limits['sha256_gbps']:.2f} GB/s (openssl, one core), "
-          f"disk write {limits['disk_write_gbps']:.2f} GB/s (dd, fdatasync)")
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-scale-registry-", dir="/var/tmp") as tmp, \
             scratch_registry(Path(tmp)) as registry:
-        # The base image is in the registry before the first build, as it is in use: each build's
-        # push is then its weights and code (the base layers are mounted, not sent).
+        # The base image is in the registry before the first build, as it is in use.
         base = docker.client.images.get(demo["runtime"]["base_image"]).id
         Pusher(RegistryClient(RegistryRef.parse(registry)), EngineLayers.open(docker.client)).push("base", "1", base)
         for gib in args.gib:
-            found, total = run_size(gib, run, demo, docker, registry)
-            results.append((gib, found, total))
-            print(f"  {gib:g} GiB done: " + ", ".join(f"{k} {v:.1f}s" for k, v in found.items()), flush=True)
+            found = run_size(gib, run, demo, docker, registry, Path(tmp), args.pull)
+            results.append((gib, found))
+            cold = found["cold"]
+            print(f"  {gib:g} GiB: cold {cold['wall']:.1f}s (download alone {found['download alone']:.1f}s, upload "
+                  f"alone {found['upload alone']:.1f}s), peak extra disk {cold['peak'] / GB:.2f} GB, "
+                  f"bump {found['bump']['wall']:.1f}s", flush=True)
     print()
-    order = ["fetch + verify + export", "layers", "smoke", "push", "whole build"]
-    print("| phase | " + " | ".join(f"{gib:g} GiB: s (GB/s)" for gib, _, _ in results) + " | growth 1st->last |")
-    print("|---|" + "---|" * (len(results) + 1))
-    for phase in order:
-        cells = []
-        for _, found, total in results:
-            seconds = found[phase]
-            cells.append(f"{seconds:.1f} ({total / 1e9 / seconds:.2f})" if seconds > 0 else "-")
-        first, last = results[0][1][phase], results[-1][1][phase]
-        growth = f"{last / first:.1f}x for {results[-1][2] / results[0][2]:.1f}x the bytes" if first > 0 else "-"
-        print(f"| {phase} | " + " | ".join(cells) + f" | {growth} |")
+    print("| GiB | smoke via mounts: s, GB written | smoke via a load into the engine: s, GB written |")
+    print("|---|---|---|")
+    for gib, found in results:
+        mounts, load = found["cold"], found["load"]
+        print(f"| {gib:g} | {mounts['seconds'].get('smoke', 0):.1f}, {mounts['written'].get('smoke', 0) / GB:.2f} | "
+              f"{load['seconds'].get('smoke', 0):.1f}, {load['written'].get('smoke', 0) / GB:.2f} |")
+    print()
+    print("| GiB | weights GB | download alone s | upload alone s | cold build s | ratio to max(alone) | "
+          "fetch+code s | smoke s | push s | peak extra disk GB (x weights) | written GB: fetch, smoke, push | "
+          "bump s | bump: downloaded, written GB | pull s |")
+    print("|" + "---|" * 14)
+    for gib, found in results:
+        cold, bump = found["cold"], found["bump"]
+        limit = max(found["download alone"], found["upload alone"])
+        written = cold["written"]
+        bump_written = sum(bump["written"].values())
+        print(f"| {gib:g} | {found['bytes'] / GB:.2f} | {found['download alone']:.1f} | {found['upload alone']:.1f} | "
+              f"{cold['wall']:.1f} | {cold['wall'] / limit:.2f} | {cold['seconds'].get('fetch', 0):.1f} | "
+              f"{cold['seconds'].get('smoke', 0):.1f} | {cold['seconds'].get('push', 0):.1f} | "
+              f"{cold['peak'] / GB:.2f} ({cold['peak'] / found['bytes']:.2f}) | "
+              f"{written.get('fetch + code image', 0) / GB:.2f}, {written.get('smoke', 0) / GB:.2f}, "
+              f"{(written.get('push', 0) + written.get('record', 0)) / GB:.2f} | {bump['wall']:.1f} | "
+              f"{bump['downloaded'] / GB:.2f}, {bump_written / GB:.2f} | {found.get('pull', float('nan')):.1f} |")
 
 
 if __name__ == "__main__":

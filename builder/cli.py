@@ -123,7 +123,7 @@ def validate(ctx: click.Context, targets: tuple[str, ...], as_json: bool) -> Non
 @click.option("--ca-bundle", is_flag=True, help="Render as for a build with --ca-bundle.")
 @click.pass_context
 def render(ctx: click.Context, target: str, context_dir: Path | None, base_image: str | None, ca_bundle: bool) -> None:
-    """Print the Dockerfile for a manifest, or write its build context."""
+    """Print the code image's Dockerfile and the weights layer plan, or write the build context."""
     from builder.render import RenderOptions, layer_limit_problems, render_dockerfile, write_context
 
     project = _project(ctx)
@@ -132,10 +132,16 @@ def render(ctx: click.Context, target: str, context_dir: Path | None, base_image
     if too_large:
         raise ManifestError.with_problems(too_large)
     options = RenderOptions(base_image=base_image, ca_bundle=ca_bundle)
+    from builder.fetch import ContentCache
+    from builder.weights.layers import plan_lines
+
+    lines = plan_lines(manifest, ContentCache(_services(ctx, project).config.weights_cache_dir))
     if context_dir is None:
         click.echo(render_dockerfile(manifest, origin, options, project), nl=False)
+        click.echo("".join(f"# {line}\n" for line in lines), nl=False)
         return
     write_context(manifest, origin, options, project, context_dir)
+    (context_dir / "weights-layers.txt").write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
     click.echo(str(context_dir))
 
 
@@ -208,12 +214,15 @@ class _PushProgress:
 @click.option("--pip-conf", type=click.Path(dir_okay=False, path_type=Path), envvar="BUILDER_PIP_CONF",
               help="pip.conf (index URL with credentials...) passed as a build secret.")
 @click.option("--hf-endpoint", help="Mirror to try first (default: $HF_ENDPOINT); must be an approved mirror.")
+@click.option("--assemble-only", is_flag=True,
+              help="Push the image by digest, untagged, without a smoke test; large files go from the mirror to "
+                   "the registry without touching the disk. `builder smoke REF@DIGEST` then tags it on a GPU host.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not echo the build log.")
 @click.pass_context
 def build(ctx: click.Context, target: str, registry: str | None, push: bool, base_image: str | None, gpus: str,
           no_cache: bool, network: str, ca_bundle: Path | None, pip_conf: Path | None, hf_endpoint: str | None,
-          as_json: bool, quiet: bool) -> None:
+          assemble_only: bool, as_json: bool, quiet: bool) -> None:
     """Build, smoke-test and push the image for a manifest."""
     from builder.build import BuildOptions, run_build
     from builder.docker import Docker
@@ -221,7 +230,8 @@ def build(ctx: click.Context, target: str, registry: str | None, push: bool, bas
     project = _project(ctx)
     manifest, origin = _load(project, target)
     options = BuildOptions(registry=registry, push=push, base_image=base_image, gpus=gpus, no_cache=no_cache,
-                           network=network, ca_bundle=ca_bundle, pip_conf=pip_conf, hf_endpoint=hf_endpoint)
+                           network=network, ca_bundle=ca_bundle, pip_conf=pip_conf, hf_endpoint=hf_endpoint,
+                           assemble_only=assemble_only)
     def say(message: str) -> None:
         err.print(f"[bold cyan]==>[/bold cyan] {escape(message)}", markup=True)
 
@@ -236,6 +246,11 @@ def build(ctx: click.Context, target: str, registry: str | None, push: bool, bas
                            echo_build, push_progress)
     if as_json:
         click.echo(result.to_json())
+        return
+    if assemble_only:
+        click.echo(f"assembled {result.digest_reference} (untagged, not smoke-tested)")
+        click.echo("smoke-test and tag it on a host with the GPU it needs:")
+        click.echo(f"  python -m builder smoke {result.digest_reference}")
         return
     if result.pushed or result.already_in_registry:
         click.echo(f"pushed {result.digest_reference}")
@@ -252,6 +267,34 @@ def build(ctx: click.Context, target: str, registry: str | None, push: bool, bas
         click.echo(f"  python -m builder promote {result.name} {result.version} --to staging{where}")
         click.echo(f"  python -m builder deploy {result.name} {result.version} --target endpoint:ID{where}")
         click.echo(f"  python -m builder rollback {result.name} --target endpoint:ID{where}")
+
+
+@cli.command("smoke")
+@click.argument("reference", metavar="REGISTRY/NAME@sha256:DIGEST")
+@click.option("--gpus", type=click.Choice(["auto", "all", "none"]), default="auto", show_default=True,
+              help="Run the smoke test on the GPU: auto uses one when the engine has the NVIDIA runtime.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.pass_context
+def smoke(ctx: click.Context, reference: str, gpus: str, as_json: bool) -> None:
+    """Pull an image `build --assemble-only` pushed by digest, smoke-test it, then tag its version."""
+    from builder.docker import Docker
+    from builder.smoke import parse_digest_reference, smoke_and_tag
+
+    project = _project(ctx)
+    _, name, _ = parse_digest_reference(reference)
+    manifest, origin = _load(project, name)
+
+    def say(message: str) -> None:
+        err.print(f"[bold cyan]==>[/bold cyan] {escape(message)}", markup=True)
+
+    _stop_on_sigterm()
+    done = smoke_and_tag(reference, manifest, origin, Docker.connect(), _services(ctx, project).ledger, gpus, say)
+    if as_json:
+        click.echo(json.dumps({"reference": done.reference, "tag": done.tag, "smoke": done.smoke,
+                               "already_tagged": done.already_tagged}, indent=2, sort_keys=True))
+        return
+    click.echo(f"smoke passed; tagged {done.tag}" + (" (it already was)" if done.already_tagged else ""))
+    click.echo(f"  {done.reference}")
 
 
 @cli.command()
@@ -413,26 +456,26 @@ def report(ctx: click.Context, html_path: Path) -> None:
 
 @cli.group()
 def cache() -> None:
-    """The content-addressed weights cache (a BuildKit cache mount shared by every build)."""
+    """The host's content-addressed weights cache, shared by every build on this machine."""
 
 
-_image_option = click.option("--image", help="Image with python3 to run the cache tool in (default: the first manifest's base image).")
+def _cache(ctx: click.Context):
+    from builder.fetch import ContentCache
+
+    return ContentCache(_services(ctx, _project(ctx)).config.weights_cache_dir)
 
 
 @cache.command("ls")
-@_image_option
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def cache_ls(ctx: click.Context, image: str | None, as_json: bool) -> None:
+def cache_ls(ctx: click.Context, as_json: bool) -> None:
     """List the cached blobs, their sizes, last use and which manifests use them."""
     import datetime as dt
 
-    from builder.cache import blob_users, cache_image, run_cache_tool
-    from builder.docker import Docker
+    from builder.cache import blob_users, listing
 
-    project = _project(ctx)
-    rows = run_cache_tool(Docker.connect(), cache_image(project, image), ["ls"])
-    users = blob_users(project)
+    rows = listing(_cache(ctx))
+    users = blob_users(_project(ctx))
     for row in rows:
         row["used_by"] = sorted(users.get(row.get("sha256", ""), ()))
     if as_json:
@@ -448,7 +491,6 @@ def cache_ls(ctx: click.Context, image: str | None, as_json: bool) -> None:
 
 
 @cache.command("prune")
-@_image_option
 @click.option("--all", "everything", is_flag=True, help="Remove every blob.")
 @click.option("--unreferenced", is_flag=True, help="Remove blobs no manifest in the project pins.")
 @click.option("--older-than", type=float, metavar="DAYS", help="Remove blobs not used for this many days.")
@@ -456,17 +498,14 @@ def cache_ls(ctx: click.Context, image: str | None, as_json: bool) -> None:
 @click.option("--partials", is_flag=True, help="Also remove partial downloads.")
 @click.option("--yes", is_flag=True, help="Really remove (the default is a dry run).")
 @click.pass_context
-def cache_prune(ctx: click.Context, image: str | None, everything: bool, unreferenced: bool, older_than: float | None,
+def cache_prune(ctx: click.Context, everything: bool, unreferenced: bool, older_than: float | None,
                 max_bytes: int | None, partials: bool, yes: bool) -> None:
     """Remove cached blobs (dry run unless --yes). Blobs a running build holds are skipped."""
-    from builder.cache import PruneRequest, blob_users, cache_image, run_cache_tool
-    from builder.docker import Docker
+    from builder.cache import PruneRequest, blob_users, prune
 
-    args = PruneRequest(everything, unreferenced, older_than, max_bytes, partials, yes).args()
-    project = _project(ctx)
-    keep = set(blob_users(project)) if unreferenced else set()
-    rows = run_cache_tool(Docker.connect(), cache_image(project, image), args, keep=keep)
-    removed = [r for r in rows if r["kind"] == "removed"]
+    request = PruneRequest(everything, unreferenced, older_than, max_bytes, partials, yes).check()
+    keep = set(blob_users(_project(ctx))) if unreferenced else set()
+    removed = prune(_cache(ctx), request, keep)
     for row in removed:
         click.echo(f"{'would remove' if not yes else 'removed'} {row['sha256']}  {row['size']:,} bytes")
     click.echo(f"{'would free' if not yes else 'freed'} {sum(r['size'] for r in removed):,} bytes in {len(removed)} blobs"
@@ -474,16 +513,14 @@ def cache_prune(ctx: click.Context, image: str | None, everything: bool, unrefer
 
 
 @cache.command("verify")
-@_image_option
 @click.pass_context
-def cache_verify(ctx: click.Context, image: str | None) -> None:
+def cache_verify(ctx: click.Context) -> None:
     """Hash every cached blob; remove any whose bytes do not match its name."""
-    from builder.cache import cache_image, run_cache_tool
-    from builder.docker import Docker
+    from builder.cache import verify
     from builder.errors import BuilderError as _Error
 
-    rows = run_cache_tool(Docker.connect(), cache_image(_project(ctx), image), ["verify"])
-    bad = [r["sha256"] for r in rows if r["kind"] == "verified" and not r["ok"]]
+    rows = verify(_cache(ctx))
+    bad = [r["sha256"] for r in rows if not r["ok"]]
     click.echo(f"verified {len(rows)} blobs: {len(bad)} corrupt" + (f" (removed: {', '.join(b[:16] for b in bad)})" if bad else ""))
     if bad:
         raise _Error(f"{len(bad)} cached blobs were corrupt and have been removed: check the disk of the build host")

@@ -124,6 +124,10 @@ class BuilderConfig(BaseModel):
     ledger: str | None = Field(default=None, description="Where the build ledger lives: a SQLite file's path (default: "
                                "$XDG_STATE_HOME/builder/ledger.sqlite3), or postgresql://user:password@host:port/db "
                                "for one history shared by every build host ($BUILDER_LEDGER wins).")
+    weights_cache: str | None = Field(default=None, description="Where the host-side, content-addressed weights cache "
+                                      "lives (default: $XDG_CACHE_HOME/builder/weights; $BUILDER_WEIGHTS_CACHE wins). "
+                                      "Shared by every build on the host; outside Docker, so `docker builder prune` "
+                                      "leaves it alone.")
     deploy: DeployConfig = Field(default_factory=DeployConfig, description="Deploys to RunPod.")
     push: PushConfig = Field(default_factory=PushConfig, description="Pushes to the registry.")
 
@@ -142,6 +146,13 @@ class BuilderConfig(BaseModel):
             return Path(explicit).expanduser()
         state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
         return state / "builder" / "ledger.sqlite3"
+
+    @property
+    def weights_cache_dir(self) -> Path:
+        explicit = os.environ.get("BUILDER_WEIGHTS_CACHE") or self.weights_cache
+        if explicit:
+            return Path(explicit).expanduser()
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "builder" / "weights"
 
     def approved(self, url: str) -> MirrorEntry | None:
         wanted = url.rstrip("/")

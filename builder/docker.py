@@ -1,4 +1,4 @@
-"""The Docker engine: BuildKit builds, the smoke container, tags and pushes.
+"""The Docker engine: BuildKit builds of the code image, the smoke container, loads, tags and pushes.
 
 Builds go through the docker CLI, because the Docker SDK's build call uses the legacy builder,
 which has no secret mounts (https://github.com/docker/docker-py/issues/2230). Which CLI can run
@@ -184,9 +184,10 @@ class Docker:
         return self._build_tool
 
     # -- build -------------------------------------------------------------------------------
-    def build(self, request: BuildRequest, on_line: LineSink, scrub: Iterable[str] = ()) -> str:
+    def build(self, request: BuildRequest, on_line: LineSink, scrub: Iterable[str] = (),
+              on_start: Callable[[subprocess.Popen], None] = lambda proc: None) -> str:
         """Run the build; return the image id ("" when discarded). Nothing is tagged: a tag comes
-        only after the smoke."""
+        only after the smoke. `on_start` gets the build's process, for a caller that may stop it."""
         tool = self.build_tool
         secrets_to_hide = [s for s in scrub if s]
         with tempfile.TemporaryDirectory(prefix="builder-iid-") as tmp:
@@ -213,6 +214,7 @@ class Docker:
                                         text=True, errors="replace", bufsize=1)
             except OSError as exc:
                 raise DockerError(f"cannot start {tool.describe()}: {exc}") from None
+            on_start(proc)
             assert proc.stdout is not None
             for raw in proc.stdout:
                 line = raw.rstrip("\n")
@@ -279,11 +281,52 @@ class Docker:
     def diff_ids(self, ref: str) -> list[str]:
         return list(self.client.images.get(ref).attrs.get("RootFS", {}).get("Layers", []))
 
-    def run_to_completion(self, image: str, command: list[str], *, timeout: float, gpus: bool,
-                          environment: Mapping[str, str] | None = None) -> tuple[int, str, str]:
-        """Run a container with no network; (exit code, stdout, stderr). Removed afterwards."""
+    def is_local(self) -> bool:
+        """Whether the engine runs on this machine (its unix socket), so it can bind-mount our files."""
+        return getattr(self.client.api, "base_url", "") == "http+docker://localhost"
+
+    def inspect(self, ref: str) -> dict[str, Any]:
         from docker.errors import DockerException
-        from docker.types import DeviceRequest
+
+        try:
+            return dict(self.client.api.inspect_image(ref))
+        except DockerException as exc:
+            raise DockerError(f"cannot inspect {ref[:40]}: {' '.join(str(exc).split())[:300]}") from None
+
+    def history(self, ref: str) -> list[dict[str, Any]]:
+        """The image's history, oldest first, as the engine's API gives it (one entry per step)."""
+        from docker.errors import DockerException
+
+        try:
+            return list(reversed(self.client.api.history(ref)))
+        except DockerException as exc:
+            raise DockerError(f"cannot read the history of {ref[:40]}: {' '.join(str(exc).split())[:300]}") from None
+
+    def load(self, archive: Iterable[bytes]) -> str | None:
+        """Load an image archive (docker-archive format) streamed from `archive`; the id the engine
+        gives it (its config digest on the classic store, a manifest digest on the containerd
+        image store), or None when it does not say."""
+        from docker.errors import DockerException
+
+        loaded = None
+        try:
+            for event in self.client.api.load_image((chunk for chunk in archive), quiet=True):
+                if isinstance(event, dict) and event.get("error"):
+                    raise DockerError(f"the engine refused the image: {event['error']}")
+                said = event.get("stream", "") if isinstance(event, dict) else ""
+                if "Loaded image ID: " in said:
+                    loaded = said.split("Loaded image ID: ", 1)[1].strip()
+        except DockerException as exc:
+            raise DockerError(f"cannot load the image into the engine: {' '.join(str(exc).split())[:300]}") from None
+        return loaded
+
+    def run_to_completion(self, image: str, command: list[str], *, timeout: float, gpus: bool,
+                          environment: Mapping[str, str] | None = None,
+                          mounts: Iterable[tuple[str, str]] = ()) -> tuple[int, str, str]:
+        """Run a container with no network; (exit code, stdout, stderr). Removed afterwards.
+        `mounts`: (host path, container path) pairs, bind-mounted read-only."""
+        from docker.errors import DockerException
+        from docker.types import DeviceRequest, Mount
         from requests.exceptions import ConnectionError as RequestsConnectionError
         from requests.exceptions import ReadTimeout
 
@@ -292,6 +335,7 @@ class Docker:
             container = self.client.containers.run(
                 image, command, detach=True, network_mode="none", device_requests=requests_,
                 environment=dict(environment or {}),
+                mounts=[Mount(target, source, type="bind", read_only=True) for source, target in mounts],
             )
         except DockerException as exc:
             raise DockerError(f"cannot start a container from {image[:19]}: {' '.join(str(exc).split())[:300]}") from None
@@ -318,9 +362,74 @@ class Docker:
         except DockerException as exc:
             raise DockerError(f"cannot tag {image_id[:19]} as {repository}:{tag}: {exc}") from None
 
+    def saved_layers(self, image_id: str, wanted: set[str]) -> dict[str, Path]:
+        """The layer tars of `image_id` whose diff ids are `wanted`, taken from `docker save` (any
+        engine, any user) into temporary files: for the few small layers the engine's store cannot
+        give where it cannot be read. The classic store exports each layer as a tar; the containerd
+        store, the blobs it holds (gzip here): those are unpacked on the way."""
+        import gzip
+        import hashlib
+        import tarfile
+
+        from docker.errors import DockerException
+
+        out = Path(tempfile.mkdtemp(prefix="builder-saved-"))
+        found: dict[str, Path] = {}
+        try:
+            stream = self.client.api.get_image(image_id)
+            with tarfile.open(fileobj=_ChunkReader(stream), mode="r|") as archive:
+                for member in archive:
+                    if not member.isfile() or not (member.name.endswith("layer.tar") or "/sha256/" in member.name):
+                        continue
+                    source = archive.extractfile(member)
+                    target = out / f"{len(found)}-{os.getpid()}.tar"
+                    digest = hashlib.sha256()
+                    head = source.read(2)  # type: ignore[union-attr]
+                    if head == b"\x1f\x8b":  # a gzip blob (the containerd store's export): its diff id is of the tar
+                        source = gzip.GzipFile(fileobj=_Prefixed(head, source))  # type: ignore[assignment]
+                        head = b""
+                    with target.open("wb") as handle:
+                        digest.update(head)
+                        handle.write(head)
+                        while chunk := source.read(4 * 1024 * 1024):  # type: ignore[union-attr]
+                            digest.update(chunk)
+                            handle.write(chunk)
+                    diff_id = "sha256:" + digest.hexdigest()
+                    if diff_id in wanted and diff_id not in found:
+                        found[diff_id] = target
+                    else:
+                        target.unlink()
+        except (DockerException, tarfile.TarError, OSError) as exc:
+            raise DockerError(f"cannot read the layers of {image_id[:19]} from the engine: {exc}") from None
+        missing = wanted - set(found)
+        if missing:
+            raise DockerError(f"the engine's export of {image_id[:19]} lacks layer {sorted(missing)[0][:19]}: push the "
+                              "image to a registry instead (--registry) and pull it")
+        return found
+
+    def pull(self, reference: str) -> str:
+        """Pull REPOSITORY@DIGEST (or :TAG); return the image id."""
+        from docker.errors import DockerException
+
+        try:
+            image = self.client.images.pull(reference)
+        except DockerException as exc:
+            raise RegistryError(f"cannot pull {reference}: {' '.join(str(exc).split())[:300]}") from None
+        return str(image.id)
+
+    def untag(self, reference: str) -> None:
+        """Remove a tag (never the image it names, which other tags or ids keep)."""
+        from docker.errors import DockerException
+
+        try:
+            self.client.api.remove_image(reference, noprune=True)
+        except DockerException:
+            pass
+
     def push(self, repository: str, tag: str, on_event: Callable[[dict], None],
-             auth_config: dict[str, str] | None = None) -> str:
-        """Push repository:tag; return the manifest digest the registry reported. `auth_config`:
+             auth_config: dict[str, str] | None = None) -> str | None:
+        """Push repository:tag; return the manifest digest the engine reported (the containerd
+        image store's push of Docker 26 reports none: ask the registry then). `auth_config`:
         credentials the engine would not find in the Docker config (BUILDER_REGISTRY_USERNAME and
         _PASSWORD), handed over as the Docker SDK's X-Registry-Auth; never logged."""
         from docker.errors import DockerException
@@ -336,9 +445,44 @@ class Docker:
                 on_event(event)
         except DockerException as exc:
             raise RegistryError(f"push of {repository}:{tag} failed: {' '.join(str(exc).split())[:300]}") from None
-        if not digest:
-            raise RegistryError(f"push of {repository}:{tag} reported no digest: check the registry's logs")
         return digest
+
+
+class _Prefixed:
+    """A file object that gives `head` back before the rest of `rest` (a peek undone)."""
+
+    def __init__(self, head: bytes, rest: Any) -> None:
+        self.head = head
+        self.rest = rest
+
+    def read(self, size: int = -1) -> bytes:
+        if not self.head:
+            return self.rest.read(size)
+        if size < 0:
+            data, self.head = self.head + self.rest.read(), b""
+            return data
+        data, self.head = self.head[:size], self.head[size:]
+        return data + (self.rest.read(size - len(data)) if size > len(data) else b"")
+
+
+class _ChunkReader:
+    """A read()-able view of an iterator of byte chunks (the engine's streamed export)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = b""
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer += chunk
+        if size < 0:
+            data, self._buffer = self._buffer, b""
+        else:
+            data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
 
 
 def parse_gpus(value: str) -> str:

@@ -13,8 +13,8 @@ import functools
 import json
 import shlex
 import shutil
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass
+from pathlib import Path
 
 import jinja2
 
@@ -22,17 +22,14 @@ from builder import __version__
 from builder.errors import InputError, ManifestError
 from builder.manifest import Manifest
 from builder.project import Project
+from builder.weights import BLOB_DIR, model_dir, weights_plan
 
-MODELS_ROOT = PurePosixPath("/opt/models")
-BLOB_DIR = PurePosixPath("/opt/weights/sha256")
 APP_UID = 10001
 DEFAULT_PORT = 8000
-# The weights stage runs builder.fetch, written against this huggingface_hub; it is installed in
-# that throwaway stage only, so the image's own huggingface_hub pin is free to differ.
-FETCH_REQUIREMENT = "huggingface_hub==2.4.0"
-# The BuildKit cache mount that holds the content-addressed weights cache (builder/fetch/cache.py).
-WEIGHTS_CACHE_ID = "builder-weights-v1"
 LABEL_PREFIX = "io.builder"
+# Marks the step after which the builder splices in the weights layers (builder/compose.py finds
+# it in the code image's history; the layers above it are the server code and the manifest).
+WEIGHTS_MARKER = "builder:weights-layers"
 
 
 def dockerfile_quote(value: object) -> str:
@@ -74,13 +71,6 @@ class RenderOptions:
 
 
 @dataclass(frozen=True)
-class PlannedLayer:
-    name: str  # "small" or "sha256-<hex>"
-    size: int
-    files: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class DockerfileContext:
     """Every value the templates see."""
 
@@ -89,74 +79,17 @@ class DockerfileContext:
     manifest_digest: str
     base_image: str
     python_check: str
-    fetch_requirement: str
+    weights_check: str
+    manifest_name: str
     packages: tuple[str, ...]
     system_packages: tuple[str, ...]
-    weight_layers: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
     labels: tuple[tuple[str, str], ...]
     model_dir: str
     uid: int
     port: int
     start_period: int
-    weights_cache_id: str
     ca_bundle: bool
-
-
-@dataclass(frozen=True)
-class WeightsPlan:
-    """What the weights stage fetches (weights.json) and the layers it makes."""
-
-    plan: dict
-    layers: tuple[PlannedLayer, ...] = field(default=())
-
-
-def model_dir(manifest: Manifest) -> PurePosixPath:
-    return MODELS_ROOT / manifest.name
-
-
-def weights_plan(manifest: Manifest) -> WeightsPlan:
-    """The fetch plan. Holds only what decides the weights' bytes, so that a version bump or a
-    code change leaves the weights stage's build cache valid."""
-    threshold = manifest.runtime.large_file_bytes
-    files = []
-    blobs: dict[str, PlannedLayer] = {}
-    small_files: list[str] = []
-    small_size = 0
-    for source in manifest.sources:
-        for artifact in source.artifacts:
-            dest = source.destination(artifact)
-            large = artifact.locked and artifact.size is not None and artifact.size >= threshold
-            layer = f"sha256-{artifact.sha256}" if large else "small"
-            files.append(
-                {
-                    "repo_id": source.repo_id,
-                    "repo_type": source.repo_type,
-                    "revision": source.revision,
-                    "path": artifact.path,
-                    "dest": dest,
-                    "sha256": artifact.sha256,
-                    "size": artifact.size,
-                    "layer": layer,
-                }
-            )
-            if large:
-                previous = blobs.get(layer)
-                blobs[layer] = PlannedLayer(layer, artifact.size or 0, (previous.files if previous else ()) + (dest,))
-            else:
-                small_files.append(dest)
-                small_size += artifact.size or 0
-    plan = {
-        "model": manifest.name,
-        "model_dir": str(model_dir(manifest)),
-        "blob_dir": str(BLOB_DIR),
-        "files": files,
-    }
-    # Largest first: the order of COPY lines does not change any layer's digest, but pushing
-    # the big layers first gives the best progress estimate.
-    layers = sorted(blobs.values(), key=lambda layer: (-layer.size, layer.name))
-    layers.append(PlannedLayer("small", small_size, tuple(small_files)))
-    return WeightsPlan(plan, tuple(layers))
 
 
 def _python_check(version: str) -> str:
@@ -166,6 +99,16 @@ def _python_check(version: str) -> str:
         'import sys; v = "%d.%d" % sys.version_info[:2]; '
         f'sys.exit(None if v == "{version}" else "::builder-error::InputError::{message}" % v)'
     )
+
+
+def _weights_check(manifest: Manifest) -> str:
+    """Shell that fails the build with a marker line when the image below the weights already
+    has something where they go."""
+    paths = (str(BLOB_DIR.parent), str(model_dir(manifest)))
+    message = (f"::builder-error::InputError::the base image already has files at {paths[0]} or {paths[1]}, where "
+               "the builder puts the weights: use a base image without them")
+    tests = " && ".join(f"! test -e {shlex.quote(p)}" for p in paths)
+    return f"{tests} || {{ echo {shlex.quote(message)}; exit 1; }} # {WEIGHTS_MARKER}"
 
 
 def labels(manifest: Manifest, options: RenderOptions) -> tuple[tuple[str, str], ...]:
@@ -222,17 +165,16 @@ def dockerfile_context(manifest: Manifest, manifest_path: str, options: RenderOp
         manifest_digest=manifest.digest,
         base_image=options.base_image or runtime.base_image,
         python_check=_python_check(runtime.python),
-        fetch_requirement=FETCH_REQUIREMENT,
+        weights_check=_weights_check(manifest),
+        manifest_name=manifest.name,
         packages=runtime.packages,
         system_packages=runtime.system_packages,
-        weight_layers=tuple(layer.name for layer in weights_plan(manifest).layers),
         env=env,
         labels=labels(manifest, options),
         model_dir=str(directory),
         uid=APP_UID,
         port=DEFAULT_PORT,
         start_period=int(manifest.smoke_test.load_timeout_seconds),
-        weights_cache_id=WEIGHTS_CACHE_ID,
         ca_bundle=options.ca_bundle,
     )
 
@@ -263,21 +205,6 @@ def _copy_python_tree(source: Path, dest: Path) -> None:
     )
 
 
-# What the weights stage runs: builder.fetch and the few modules it imports, all standard
-# library plus huggingface_hub (see builder/__init__.py).
-FETCH_MODULES = ("__init__.py", "errors.py", "redact.py")
-
-
-def copy_fetch_package(dest: Path) -> None:
-    """Write dest/builder/ with the fetch package and what it imports, for `PYTHONPATH=dest`."""
-    package_dir = Path(__file__).parent
-    target = dest / "builder"
-    target.mkdir(parents=True)
-    for name in FETCH_MODULES:
-        shutil.copy2(package_dir / name, target / name)
-    shutil.copytree(package_dir / "fetch", target / "fetch", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-
-
 def write_context(manifest: Manifest, manifest_path: str, options: RenderOptions, project: Project, dest: Path) -> Path:
     """Write the whole build context into dest (which must be empty or absent)."""
     for field, path in manifest.smoke_test.files.items():
@@ -287,10 +214,7 @@ def write_context(manifest: Manifest, manifest_path: str, options: RenderOptions
     if any(dest.iterdir()):
         raise InputError(f"{dest}: the context directory must be empty")
     (dest / "Dockerfile").write_text(render_dockerfile(manifest, manifest_path, options, project), encoding="utf-8")
-    plan = weights_plan(manifest).plan
-    (dest / "weights.json").write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     (dest / "manifest.json").write_text(image_manifest_json(manifest), encoding="utf-8")
-    copy_fetch_package(dest / "fetch")
     _copy_python_tree(project.server_dir, dest / "server")
     return dest
 

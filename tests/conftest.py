@@ -266,15 +266,22 @@ def write_config(path: Path, *mirrors: tuple[str, str], **extra: object) -> Path
     return path
 
 
+@pytest.fixture(scope="session")
+def weights_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The host's weights cache for this test session: shared by its builds, as on a build host."""
+    return tmp_path_factory.mktemp("weights-cache")
+
+
 @pytest.fixture
-def isolated_env(tmp_path: Path, hub: LocalHub) -> dict[str, str]:
+def isolated_env(tmp_path: Path, hub: LocalHub, weights_cache: Path) -> dict[str, str]:
     """Environment for a builder subprocess: our Hub as the one approved mirror, a ledger of its
-    own, no inherited token or saved login."""
+    own, the session's weights cache, no inherited token or saved login."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "BUILDER_REGISTRY", "HF_ENDPOINT")}
     config = write_config(tmp_path / "builder.yaml", ("local", hub.url), fetch={"progress_seconds": 2})
     env.update({"BUILDER_CONFIG": str(config), "BUILDER_LEDGER": str(tmp_path / "ledger.sqlite3"),
-                "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1"})
+                "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1",
+                "BUILDER_WEIGHTS_CACHE": str(weights_cache)})
     return env
 
 

@@ -53,10 +53,17 @@ def test_unknown_manifest_name_is_one_line() -> None:
     assert "no manifest named 'nosuchmodel'" in _one_error_line(result)
 
 
-def test_render_prints_the_golden_dockerfile() -> None:
-    result = run_builder(["render", "demo"], _env())
+def test_render_prints_the_golden_dockerfile_and_the_weights_plan(tmp_path: Path) -> None:
+    result = run_builder(["render", "demo"], _env(BUILDER_WEIGHTS_CACHE=str(tmp_path / "empty-cache")))
     assert result.returncode == 0, result.stderr
-    assert result.stdout == (ROOT / "tests/golden/demo.Dockerfile").read_text()
+    dockerfile, _, plan = result.stdout.partition("# weights layers, added by the builder")
+    assert dockerfile == (ROOT / "tests/golden/demo.Dockerfile").read_text()
+    lines = plan.splitlines()
+    assert lines[0] == " after the marked step (3):"
+    unet = "5634309f88ff3b40ab842708f0d2604799727b0cb2e42117d50c088ed9492ca4"
+    assert f"#   (computed when fetched)       3,964,928 bytes  /opt/weights/sha256/{unet}" in lines
+    assert (f"#       sha256 {unet}  /opt/models/demo/unet/diffusion_pytorch_model.safetensors -> "
+            f"../../../weights/sha256/{unet}") in lines
 
 
 def test_render_context_writes_a_buildable_context(tmp_path: Path) -> None:
@@ -66,19 +73,16 @@ def test_render_context_writes_a_buildable_context(tmp_path: Path) -> None:
     assert result.stdout.strip() == str(ctx)
     assert (ctx / "Dockerfile").read_text() == (ROOT / "tests/golden/demo.Dockerfile").read_text()
     # every COPY from the context has its source there, holding what the builder meant to put
-    sources = [line.split()[1] for line in (ctx / "Dockerfile").read_text().splitlines()
-               if line.startswith("COPY ") and "--from=" not in line]
-    assert sources == ["fetch/", "weights.json", "server/", "manifest.json"]
+    sources = [line.split()[1] for line in (ctx / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")]
+    assert sources == ["server/", "manifest.json"]
     assert all((ctx / source).exists() for source in sources)
     from builder.manifest import load_manifest
-    from builder.render import weights_plan
 
     demo = load_manifest(ROOT / "manifests/demo.yaml")
-    assert json.loads((ctx / "weights.json").read_text()) == json.loads(json.dumps(weights_plan(demo).plan))
     shipped = json.loads((ctx / "manifest.json").read_text())
     assert (shipped["name"], shipped["version"]) == ("demo", demo.version)
     assert (ctx / "server/app.py").read_bytes() == (ROOT / "server/app.py").read_bytes()
-    assert (ctx / "fetch/builder/errors.py").read_bytes() == (ROOT / "builder/errors.py").read_bytes()
+    assert "/opt/weights/sha256/" in (ctx / "weights-layers.txt").read_text()
 
 
 def test_build_refuses_an_unlocked_manifest_before_touching_docker(tmp_path: Path, demo_manifest_data) -> None:
@@ -153,7 +157,7 @@ def test_an_unreachable_service_is_one_line_naming_it_and_what_to_check(tmp_path
         args = ["rollback", "demo", "--target", "endpoint:abc123", "--registry", "127.0.0.1:9"]
         expected = ["cannot reach RunPod (to ", "at http://127.0.0.1:9 (connection refused)", "RUNPOD_API_BASE_URL"]
     else:
-        args = ["cache", "ls", "--image", "x"]
+        args = ["build", "demo", "--no-push"]
         expected = ["cannot reach the Docker engine at tcp://127.0.0.1:9 (connection refused)", "DOCKER_HOST"]
     result = run_builder(args, env, timeout=120)
     assert result.returncode == 1, result.stderr

@@ -65,7 +65,7 @@ def released(tmp_path_factory: pytest.TempPathFactory, registry: str, hub, demo_
 
 def _broken_copy(client, source: str, repo: str, tag: str, registry: RegistryClient, name: str) -> str:
     """The source image with the pipeline's model_index.json removed: it builds, it runs, its loader fails."""
-    config = client.images.get(source).attrs["Config"]
+    config = client.images.pull(source).attrs["Config"]  # the build engine holds the code image only
     model_dir = next(e.split("=", 1)[1] for e in config["Env"] if e.startswith("BUILDER_MODEL_DIR="))
     container = client.containers.run(source, ["rm", "-f", f"{model_dir}/model_index.json"], user="root",
                                       network_mode="none", detach=True)

@@ -58,7 +58,7 @@ def _file_requests(hub, paths: set[str]) -> list[str]:
 def _weights_layers(client: RegistryClient, name: str, reference: str) -> list[str]:
     config = client.config(name, reference)
     made = [h for h in config["history"] if not h.get("empty_layer")]
-    return [d for h, d in zip(made, config["rootfs"]["diff_ids"]) if h.get("created_by", "").startswith("COPY /export/")]
+    return [d for h, d in zip(made, config["rootfs"]["diff_ids"]) if h.get("created_by", "").startswith("builder: weights ")]
 
 
 def test_a_second_build_host_takes_every_pinned_file_from_the_registry(tmp_path: Path, hub, tiny_sd: Path,
@@ -82,11 +82,12 @@ def test_a_second_build_host_takes_every_pinned_file_from_the_registry(tmp_path:
         for artifact in data["sources"][0]["artifacts"]:
             assert client.manifest("weights", f"sha256-{artifact['sha256']}") is not None
 
-        # Host 2: its own engine (no layer, no weights cache), the base image from the registry.
+        # Host 2: its own engine (no layer) and weights cache, the base image from the registry.
         local = docker.from_env()
         Pusher(RegistryClient(RegistryRef.parse(registry)), EngineLayers.open(local)).push("base", "1", local.images.get(BASE).id)
         other.images.pull(f"{registry}/base", tag="1").tag(BASE)
-        host2 = {**env, "DOCKER_HOST": other.socket_url, "BUILDER_LEDGER": str(tmp_path / "host2.sqlite3")}
+        host2 = {**env, "DOCKER_HOST": other.socket_url, "BUILDER_LEDGER": str(tmp_path / "host2.sqlite3"),
+                 "BUILDER_WEIGHTS_CACHE": str(tmp_path / "host2-cache")}
         hub.clear_log()
         second = _build(project.root, data["name"], host2, "--registry", f"{registry}/two")
         assert _file_requests(hub, files) == []  # not one request to the Hub for a pinned file
@@ -104,7 +105,7 @@ def test_a_second_build_host_takes_every_pinned_file_from_the_registry(tmp_path:
         raw[0] ^= 0x01
         blob.write_bytes(bytes(raw))
         prune = subprocess.run([sys.executable, "-m", "builder", "--root", str(project.root), "cache", "prune", "--all",
-                                "--yes", "--image", BASE], capture_output=True, text=True, env=host2, timeout=600)
+                                "--yes"], capture_output=True, text=True, env=host2, timeout=600)
         assert prune.returncode == 0, prune.stderr
         hub.clear_log()
         third = _build(project.root, data["name"], host2, "--registry", f"{registry}/three", "--no-cache")

@@ -17,6 +17,7 @@ from builder.fetch import tls
 from builder.fetch.ranges import RangeClient
 from tests.forward_proxy import CertificateAuthority, ForwardProxy, TLSFront
 from tests.localhub import LocalHub
+from builder.fetch import ContentCache
 from tests.test_fetch import big_repo, fetch_config, run_fetch  # noqa: F401 - big_repo is a fixture
 
 PROXY_USER, PROXY_PASSWORD = "fetcher", "proxy-pw-7f3a9c"
@@ -34,20 +35,20 @@ def _env(**values: str) -> dict[str, str | None]:
     return {**dict.fromkeys(_PROXY_VARS), **values}
 
 
-def _check_fetched(result, plan: dict, export: Path) -> None:
+def _check_fetched(result, plan: dict, cache: Path) -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     big = plan["files"][3]["sha256"]
-    assert hashlib.sha256((export / f"sha256-{big}/opt/weights/sha256/{big}").read_bytes()).hexdigest() == big
+    assert hashlib.sha256(ContentCache(cache).blob(big).read_bytes()).hexdigest() == big
     assert PROXY_PASSWORD not in result.stdout + result.stderr
 
 
 def test_a_plain_http_mirror_through_an_authenticating_proxy(big_repo, hub: LocalHub, tmp_path: Path) -> None:
     _, plan = big_repo
     with ForwardProxy(credentials=(PROXY_USER, PROXY_PASSWORD)) as proxy:
-        result = run_fetch(plan, tmp_path / "e", tmp_path / "cache", fetch_config(tmp_path, ("local", hub.url)),
+        result = run_fetch(plan, tmp_path / "cache", fetch_config(tmp_path, ("local", hub.url)),
                            tmp_path, env=_env(HTTP_PROXY=proxy.url(PROXY_USER, PROXY_PASSWORD)))
         log = proxy.log
-    _check_fetched(result, plan, tmp_path / "e")
+    _check_fetched(result, plan, tmp_path / "cache")
     gets = [r for r in log if r.method == "GET" and r.target.endswith("big.bin")]
     assert len(gets) == 6, log  # 48 MiB in 8 MiB ranges, every one through the proxy
     assert all(r.authorized for r in log), [r for r in log if not r.authorized]
@@ -57,10 +58,10 @@ def test_a_plain_http_mirror_through_an_authenticating_proxy(big_repo, hub: Loca
 def test_an_https_proxy_url(big_repo, hub: LocalHub, ca: CertificateAuthority, tmp_path: Path) -> None:
     _, plan = big_repo
     with ForwardProxy(credentials=(PROXY_USER, PROXY_PASSWORD), tls=ca) as proxy:
-        result = run_fetch(plan, tmp_path / "e", tmp_path / "cache", fetch_config(tmp_path, ("local", hub.url)),
+        result = run_fetch(plan, tmp_path / "cache", fetch_config(tmp_path, ("local", hub.url)),
                            tmp_path, env=_env(HTTP_PROXY=proxy.url(PROXY_USER, PROXY_PASSWORD), SSL_CERT_FILE=str(ca.ca)))
         log = proxy.log
-    _check_fetched(result, plan, tmp_path / "e")
+    _check_fetched(result, plan, tmp_path / "cache")
     assert [r for r in log if r.method == "GET" and r.target.endswith("big.bin")] and all(r.authorized for r in log)
 
 
@@ -69,10 +70,10 @@ def test_an_https_mirror_through_an_https_proxy(big_repo, hub: LocalHub, ca: Cer
     _, plan = big_repo
     with TLSFront(int(hub.url.rsplit(":", 1)[1]), ca) as front, \
             ForwardProxy(credentials=(PROXY_USER, PROXY_PASSWORD), tls=ca) as proxy:
-        result = run_fetch(plan, tmp_path / "e", tmp_path / "cache", fetch_config(tmp_path, ("tls", front.url)),
+        result = run_fetch(plan, tmp_path / "cache", fetch_config(tmp_path, ("tls", front.url)),
                            tmp_path, env=_env(HTTPS_PROXY=proxy.url(PROXY_USER, PROXY_PASSWORD), SSL_CERT_FILE=str(ca.ca)))
         log = proxy.log
-    _check_fetched(result, plan, tmp_path / "e")
+    _check_fetched(result, plan, tmp_path / "cache")
     tunnels = [r for r in log if r.method == "CONNECT"]
     assert tunnels and all(r.target == front.url.removeprefix("https://") and r.authorized for r in tunnels)
     assert not [r for r in log if r.method != "CONNECT"]

@@ -20,7 +20,7 @@ import pytest
 
 from builder.config import PushConfig
 from builder.docker import Docker
-from builder.build import push_image
+from builder.assemble import push_engine_image as push_image
 from builder.registry import RegistryClient, RegistryRef, profiles
 from builder.registry import layers as layer_store
 from builder.registry.layers import EngineLayers, LayerMismatch, LayersUnavailable

@@ -156,7 +156,7 @@ def test_the_next_fetch_asks_the_ranked_mirrors_in_order(tmp_path: Path, hub: Lo
         path = tmp_path / "fetch.json"
         path.write_text(json.dumps(fetch.to_json()))
         hub.clear_log()
-        result = run_fetch(demo_plan, tmp_path / "export", tmp_path / "cache", path, tmp_path)
+        result = run_fetch(demo_plan, tmp_path / "cache", path, tmp_path)
         assert result.returncode == 0, result.stderr[-2000:]
         assert {a.mirror for a in attempts_of(result) if a.outcome == "ok"} == {"second"}
         assert first.requests == [] and hub.requests
@@ -165,9 +165,9 @@ def test_the_next_fetch_asks_the_ranked_mirrors_in_order(tmp_path: Path, hub: Lo
 @pytest.fixture
 def demo_plan(demo_manifest_data) -> dict:
     from builder.manifest import Manifest
-    from builder.render import weights_plan
+    from builder.weights import weights_plan
 
-    return weights_plan(Manifest.model_validate(demo_manifest_data)).plan
+    return weights_plan(Manifest.model_validate(demo_manifest_data)).to_json()
 
 
 def test_the_ledger_gives_the_ranking_its_rows_within_the_horizon(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from builder.fetch import Attempt
 from builder.ledger import Ledger
 from builder.manifest import Manifest
 from builder.redact import SECRETS, Redactor, redact_url, remember
-from builder.render import weights_plan
+from builder.weights import weights_plan
 from tests.conftest import make_project, run_builder, write_config
 from tests.localhub import Fault, LocalHub
 from tests.test_fetch import attempts_of, error_of, fetch_config, run_fetch
@@ -54,13 +54,13 @@ def _clean_hub(hub: LocalHub):
 
 @pytest.fixture
 def plan(demo_manifest_data) -> dict:
-    return weights_plan(Manifest.model_validate(demo_manifest_data)).plan
+    return weights_plan(Manifest.model_validate(demo_manifest_data)).to_json()
 
 
 def _plan_with(demo_manifest_data, change) -> dict:
     data = copy.deepcopy(demo_manifest_data)
     change(data["sources"][0])
-    return weights_plan(Manifest.model_validate(data)).plan
+    return weights_plan(Manifest.model_validate(data)).to_json()
 
 
 # -- the redactor ---------------------------------------------------------------------------------
@@ -114,17 +114,17 @@ def test_ledger_rows_carry_no_secret(tmp_path: Path) -> None:
     assert_clean(dump)
 
 
-# -- the weights stage's fetch: every line it prints ends up in the host's build log --------------
+# -- the fetch: every line it prints ends up in the build log and the ledger ------------------------
 def test_a_mirror_with_credentials_in_its_url_serves_and_stays_unprinted(plan, hub, tmp_path) -> None:
     config = fetch_config(tmp_path, ("private", with_credentials(hub.url)))
-    result = run_fetch(plan, tmp_path / "e", tmp_path / "cache", config, tmp_path)
+    result = run_fetch(plan, tmp_path / "cache", config, tmp_path)
     assert result.returncode == 0, result.stderr
     assert_clean(result.stdout, result.stderr)
 
 
 def test_unreachable_mirror(plan, hub, tmp_path) -> None:
     config = fetch_config(tmp_path, ("dead", with_credentials("http://127.0.0.1:9")), attempts=2)
-    result = run_fetch(plan, tmp_path / "e", tmp_path / "cache", config, tmp_path, token=TOKEN)
+    result = run_fetch(plan, tmp_path / "cache", config, tmp_path, token=TOKEN)
     error = error_of(result)
     assert "via dead (http://***@127.0.0.1:9)" in str(error), str(error)
     assert_clean(result.stdout, result.stderr)
@@ -134,7 +134,7 @@ def test_401(plan, hub, tmp_path) -> None:
     hub.state.valid_tokens = {"hf_another_token"}
     config = fetch_config(tmp_path, ("private", with_credentials(hub.url)))
     hub.inject(Fault("status", path="README.md", method=None, times=-1, status=401))
-    result = run_fetch(plan, tmp_path / "e", tmp_path / "cache", config, tmp_path, token=TOKEN)
+    result = run_fetch(plan, tmp_path / "cache", config, tmp_path, token=TOKEN)
     assert "refused the token (401)" in str(error_of(result))
     assert_clean(result.stdout, result.stderr)
 
@@ -142,7 +142,7 @@ def test_401(plan, hub, tmp_path) -> None:
 def test_404(demo_manifest_data, hub, tmp_path) -> None:
     config = fetch_config(tmp_path, ("private", with_credentials(hub.url)))
     plan = _plan_with(demo_manifest_data, lambda s: s["artifacts"][0].update(path="MISSING.md"))
-    result = run_fetch(plan, tmp_path / "e", tmp_path / "cache", config, tmp_path, token=TOKEN)
+    result = run_fetch(plan, tmp_path / "cache", config, tmp_path, token=TOKEN)
     assert "MISSING.md not found" in str(error_of(result))
     assert_clean(result.stdout, result.stderr)
 
@@ -151,7 +151,7 @@ def test_hash_mismatch_after_a_dead_mirror(demo_manifest_data, hub, tmp_path) ->
     config = fetch_config(tmp_path, ("dead", with_credentials("http://127.0.0.1:9")),
                           ("private", with_credentials(hub.url)), attempts=2)
     plan = _plan_with(demo_manifest_data, lambda s: s["artifacts"][7].update(sha256="e" * 64))
-    result = run_fetch(plan, tmp_path / "e", tmp_path / "cache", config, tmp_path, token=TOKEN)
+    result = run_fetch(plan, tmp_path / "cache", config, tmp_path, token=TOKEN)
     error = error_of(result)
     assert type(error).__name__ == "DownloadError" and "all 2 mirrors failed" in str(error), str(error)
     assert {a.outcome for a in attempts_of(result)} >= {"failed"}
@@ -161,7 +161,7 @@ def test_hash_mismatch_after_a_dead_mirror(demo_manifest_data, hub, tmp_path) ->
 def test_a_proxy_password_in_the_environment(plan, tmp_path) -> None:
     proxy = f"http://proxyuser:{MIRROR_PASSWORD}@127.0.0.1:9"
     config = fetch_config(tmp_path, ("direct", "http://127.0.0.1:9"), attempts=2)
-    result = run_fetch(plan, tmp_path / "e", tmp_path / "cache", config, tmp_path,
+    result = run_fetch(plan, tmp_path / "cache", config, tmp_path,
                        env={"HTTP_PROXY": proxy, "http_proxy": None, "NO_PROXY": None, "no_proxy": None})
     error_of(result)
     assert_clean(result.stdout, result.stderr)

@@ -21,7 +21,7 @@ from builder.docker import Docker
 from builder.registry import RegistryClient, RegistryRef
 from builder.registry.layers import EngineLayers
 from builder.registry.push import MIB, PushSettings, Pusher
-from builder.build import push_image
+from builder.assemble import push_engine_image as push_image
 from builder.registry import profiles
 from tests import registry_standin as standin
 from tests.conftest import run_builder, unique_name, write_config

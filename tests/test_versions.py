@@ -225,10 +225,12 @@ def test_a_manifest_bumped_in_a_cancelled_run_is_still_built(project_repo: Path,
     assert step.returncode == 0, step.stderr
     assert output.read_text() == 'manifests=["flux", "z-image"]\n'
 
-    # The build job's matrix is that output.
+    # The assemble job takes that output, and the smoke job's matrix is what it assembled.
     workflow = yaml.safe_load(WORKFLOW.read_text())
     assert "steps.unbuilt.outputs.manifests" in workflow["jobs"]["check"]["outputs"]["manifests"]
-    assert workflow["jobs"]["build"]["strategy"]["matrix"]["manifest"] == "${{ fromJSON(needs.check.outputs.manifests) }}"
+    assemble = next(s for s in workflow["jobs"]["assemble"]["steps"] if s.get("id") == "assemble")
+    assert assemble["env"]["MANIFESTS"] == "${{ needs.check.outputs.manifests }}"
+    assert workflow["jobs"]["build"]["strategy"]["matrix"]["manifest"] == "${{ fromJSON(needs.assemble.outputs.names) }}"
 
     for name in ("flux", "z-image"):  # C's run built both: the next push builds nothing again
         push_fake_image(namespace, name, "1.0.1", "1.0.1", "2026-11-02T00:00:00Z")

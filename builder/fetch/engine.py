@@ -4,7 +4,6 @@ of the ordered list that serves it correctly, with retries per file and mirror."
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import threading
 import time
@@ -27,11 +26,15 @@ from builder.fetch.failures import (
     give_up,
     hub_error,
 )
-from builder.fetch.oci import NotInStore, OciStore, StoreError, read_registry_auth
+from builder.fetch.oci import NotInStore, OciStore, StoreError
 from builder.fetch.plan import Attempt, FetchConfig, FetchedFile, Mirror, PlannedFile
 from builder.fetch.progress import Progress, human
 from builder.fetch.ranges import RangeClient, origin
-from builder.fetch.transfer import Segment, Transfer, TransferRun
+from builder.fetch.transfer import Digests, Segment, Transfer, TransferRun
+
+# What a file looks like as an image layer of its own: (tar format version, the bytes before its
+# contents, the bytes after); None for a file that shares a layer. builder/weights/ supplies it.
+Frames = Callable[[PlannedFile], "tuple[str, bytes, bytes] | None"]
 
 
 @dataclass
@@ -63,6 +66,8 @@ class FetchEngine:
         log: Callable[[str], None] = print,
         on_attempt: Callable[[Attempt], None] = lambda attempt: None,
         sleep: Callable[[float], None] = time.sleep,
+        frames: Frames = lambda item: None,
+        store_credentials: tuple[str, str] | None = None,
     ) -> None:
         self.config = config
         self.token = token
@@ -71,6 +76,8 @@ class FetchEngine:
         self.log = log
         self.on_attempt = on_attempt
         self.sleep = sleep
+        self.frames = frames
+        self.store_credentials = store_credentials  # for an oci:// weights store: pull access only
         self.progress = Progress()
         self._client = RangeClient(config.connect_timeout, config.read_timeout)
         self._store: tuple[str, OciStore] | None = None
@@ -112,13 +119,17 @@ class FetchEngine:
                 failures += 1
                 self._retry(job, failures, retry, "(metadata)")
 
-    def _download_oci(self, job: _Job) -> tuple[Path, str, int]:
+    def _frame(self, item: PlannedFile) -> tuple[str, tuple[bytes, bytes]] | None:
+        framed = self.frames(item) if item.sha256 and item.size is not None else None
+        return (framed[0], (framed[1], framed[2])) if framed else None
+
+    def _download_oci(self, job: _Job) -> tuple[Path, str, int, tuple[str, int] | None]:
         """A pinned file from the registry weights store (builder/fetch/oci.py), checked like any download."""
         item, mirror = job.item, job.mirror
         if item.sha256 is None:
             raise NotInStore(f"{item.dest} is not pinned: the weights store serves files by sha256 only")
         if self._store is None or self._store[0] != mirror.url:
-            self._store = (mirror.url, OciStore(mirror.url, read_registry_auth(), self.config.read_timeout, tls.context()))
+            self._store = (mirror.url, OciStore(mirror.url, self.store_credentials, self.config.read_timeout, tls.context()))
         try:
             chunks, size = self._store[1].open(item.sha256)
         except StoreError as exc:
@@ -127,7 +138,8 @@ class FetchEngine:
             raise ChecksumMismatch(f"{self.model}: {item.dest} via {mirror.name}: the store says {size} bytes, "
                                    f"the manifest {item.size}")
         part = self.cache.partial(item.key)
-        digest, written = hashlib.sha256(), 0
+        framed = self._frame(item)
+        digest, written = Digests(framed[1] if framed else None), 0
         self.progress.add(total=item.size or 0)
         try:
             with open(part, "wb") as handle:
@@ -145,9 +157,9 @@ class FetchEngine:
                 f"{self.model}: {item.dest} via {mirror.name}: sha256 mismatch: expected {item.sha256}, got "
                 f"{digest.hexdigest()} ({written} bytes): the store's copy is refused"
             )
-        return part, item.sha256, written
+        return part, item.sha256, written, digest.layer_digest(written)
 
-    def _download(self, job: _Job) -> tuple[Path, str, int]:
+    def _download(self, job: _Job) -> tuple[Path, str, int, tuple[str, int] | None]:
         """Fetch job.item from job.mirror into the cache's partial dir; (path, sha256, size) once verified."""
         if job.mirror.url.startswith("oci://"):
             return self._download_oci(job)
@@ -178,7 +190,9 @@ class FetchEngine:
         headers["Accept-Encoding"] = "identity"
         if item.size is None:
             self.check_space(size)
+        framed = self._frame(item)
         transfer = Transfer.resume_or_new(self.cache.partial(item.key), size, self.config.chunk_bytes)
+        transfer.frame = framed[1] if framed else None
         resumed = sum(s.done for s in transfer.segments)
         if resumed:
             self.log(f"resuming {item.dest}: {human(resumed)} of {human(size)} already on disk")
@@ -191,6 +205,7 @@ class FetchEngine:
                 self.log(f"{mirror.name} ignores byte ranges for {item.dest}: one stream from the start")
                 transfer.discard()
                 transfer = Transfer.resume_or_new(transfer.part, size, size + 1)
+                transfer.frame = framed[1] if framed else None
             except Expired as exc:
                 if refresh == 3:
                     raise DownloadError(f"{self.model}: {item.dest} via {mirror.name}: the CDN keeps refusing: {exc}") from None
@@ -206,7 +221,7 @@ class FetchEngine:
                 f"{item.sha256}, got {digest}"
             )
         transfer.state_path.unlink(missing_ok=True)
-        return transfer.part, digest, size
+        return transfer.part, digest, size, transfer.digest.layer_digest(size)
 
     def _run_transfer(self, job: _Job, transfer: Transfer, source: _Source) -> str:
         """Download every segment (in parallel) while a follower hashes the contiguous prefix."""
@@ -243,8 +258,8 @@ class FetchEngine:
             except Exception as exc:  # noqa: BLE001 - sorted into retry or raise just below
                 if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                     raise DownloadError(
-                        f"{self.model}: disk full while downloading into {self.cache.root}: free space where Docker "
-                        "keeps its build data (or run `builder cache prune`) and build again"
+                        f"{self.model}: disk full while downloading into {self.cache.root}: free space there "
+                        "(`builder cache prune`, or BUILDER_WEIGHTS_CACHE on a larger disk) and build again"
                     ) from None
                 retry = classify(exc)
                 if retry is None:
@@ -259,12 +274,15 @@ class FetchEngine:
         if needed > free:
             raise DownloadError(
                 f"{self.model}: not enough disk space in {path}: need {human(needed)}, {human(free)} free: "
-                "free space (docker builder prune, or `builder cache prune`) and build again"
+                "free space (`builder cache prune`, or BUILDER_WEIGHTS_CACHE on a larger disk) and build again"
             )
 
     # -- one file, every mirror ----------------------------------------------------------------
     def _cached(self, item: PlannedFile) -> FetchedFile | None:
         if item.sha256 is None or not self.cache.has(item.sha256):
+            return None
+        if not self.cache.check(item.sha256):
+            self.log(f"cache entry {item.sha256[:16]}… for {item.dest} was corrupt: fetching again")
             return None
         self.cache.touch(item.sha256)
         self.on_attempt(Attempt(self.model, item.repo_id, item.revision, item.path, "cache", 0, 0.0, "cached"))
@@ -273,7 +291,7 @@ class FetchEngine:
     def fetch_one(self, item: PlannedFile) -> FetchedFile:
         """Get item into the cache from the first mirror that serves it correctly."""
         with self.cache.locked(item.key, shared=True):
-            hit = self._cached(item)
+            hit = self._cached(item) if item.sha256 is None or self.cache.unchanged(item.sha256) else None
         if hit is not None:
             return hit
         errors: list[tuple[Mirror, BuilderError]] = []
@@ -293,7 +311,7 @@ class FetchEngine:
             job = _Job(item, mirror)
             self.progress.add(active=1)
             try:
-                part, digest, size = self._download(job)
+                part, digest, size, layer = self._download(job)
             except NotInStore as exc:  # a miss, not a failure: no attempt recorded, the next mirror serves
                 errors.append((mirror, DownloadError(f"{self.model}: {item.dest}: not in {mirror.name}'s weights store")))
                 self.log(f"{item.dest}: not in {mirror.name}'s weights store ({exc}); trying the next mirror")
@@ -319,6 +337,9 @@ class FetchEngine:
             seconds = time.monotonic() - job.started
             self._record(job, "ok")
             self.cache.insert(part, digest)
+            framed = self._frame(item)
+            if layer is not None and framed is not None:
+                self.cache.record_layer(digest, framed[0], *layer)
             rate = f"{human(size / seconds)}/s" if seconds > 0 else "instant"
             state = "verified" if item.sha256 else f"{digest} (nothing pinned to check it against)"
             self.log(f"fetched {item.dest} from {item.where} via {mirror.name}: {human(size)} in {seconds:.1f}s "
@@ -331,15 +352,23 @@ class FetchEngine:
         unique = {item.key: item for item in items}
         return sum(i.size or 0 for i in unique.values() if not (i.sha256 and self.cache.has(i.sha256)))
 
-    def fetch(self, items: list[PlannedFile]) -> dict[str, FetchedFile]:
-        """Every item verified into the cache, keyed by item.key. Raises the first failure."""
+    def fetch(self, items: list[PlannedFile],
+              on_fetched: Callable[[PlannedFile, FetchedFile], None] = lambda item, got: None) -> dict[str, FetchedFile]:
+        """Every item verified into the cache, keyed by item.key. Raises the first failure.
+        `on_fetched` hears of each file as soon as it is in the cache (its layer can go up then)."""
         unique = {item.key: item for item in items}
+
+        def one(item: PlannedFile) -> FetchedFile:
+            got = self.fetch_one(item)
+            on_fetched(item, got)
+            return got
+
         stop = threading.Event()
         threading.Thread(target=self.progress.report_every, args=(self.config.progress_seconds, self.log, stop),
                          daemon=True).start()
         try:
             with ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="file") as pool:
-                futures = {key: pool.submit(self.fetch_one, item) for key, item in unique.items()}
+                futures = {key: pool.submit(one, item) for key, item in unique.items()}
             return {key: future.result() for key, future in futures.items()}
         finally:
             stop.set()

@@ -1,13 +1,13 @@
-"""Weights files from the registry weights store, inside the weights stage: standard library only.
+"""Weights files from the registry weights store, for the fetch engine: standard library only.
 
 The counterpart of builder/registry/weights.py: a file pinned by sha256 is looked up as the
 artifact tagged `sha256-<sha>` in the repository an `oci://HOST[:PORT]/REPOSITORY` mirror names;
 its one layer is either the file itself or a tar layer holding it (annotation
 `io.builder.weights.member`), streamed out as it arrives. The caller hashes and checks it like
 any download. A registry's Bearer challenge is answered with a pull token (credentials, when
-given, from a BuildKit secret), asked for again before it expires (Docker Hub's live 300 s,
-moby/moby#29257; the token spec's default is 60 s) and once more when the registry refuses it;
-a redirect to another host (object storage) goes without them.
+given, from the Docker config or BUILDER_REGISTRY_*), asked for again before it expires (Docker
+Hub's live 300 s, moby/moby#29257; the token spec's default is 60 s) and once more when the
+registry refuses it; a redirect to another host (object storage) goes without them.
 """
 
 from __future__ import annotations
@@ -22,26 +22,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 RAW_FILE = "application/vnd.builder.weights.file.v1"
 MEMBER = "io.builder.weights.member"
 _ACCEPT = "application/vnd.oci.image.manifest.v1+json"
 BLOCK = 1024 * 1024
-
-
-REGISTRY_AUTH_SECRET = Path("/run/secrets/registry_auth")
-
-
-def read_registry_auth(secret: Path | None = None) -> tuple[str, str] | None:
-    """(user, password) for the weights store, from the registry_auth BuildKit secret, if given."""
-    try:
-        data = json.loads((secret or REGISTRY_AUTH_SECRET).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if data.get("username") and data.get("password"):
-        return data["username"], data["password"]
-    return None
 
 
 class NotInStore(Exception):

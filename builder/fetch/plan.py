@@ -1,9 +1,4 @@
-"""The plan and its configuration: the mirror list and tuning, what to fetch, what was fetched.
-
-The configuration reaches a build as a BuildKit secret (not a cache key); the plan is the
-build context's weights.json. `load_config` and `read_token` find both the way the weights
-stage hands them in.
-"""
+"""The plan and its configuration: the mirror list and tuning, what to fetch, what was fetched."""
 
 from __future__ import annotations
 
@@ -17,9 +12,6 @@ from typing import Any
 from builder.errors import DownloadError
 from builder.redact import redact_url
 
-TOKEN_SECRET = Path("/run/secrets/hf_token")
-CA_SECRET = Path("/run/secrets/ca_bundle")
-CONFIG_SECRET = Path("/run/secrets/fetch_config")
 OFFICIAL_HUB = "https://huggingface.co"
 
 
@@ -35,7 +27,7 @@ class Mirror:
 
 @dataclass(frozen=True)
 class FetchConfig:
-    """Tuning and the ordered mirror list; reaches the build as a secret (not a cache key)."""
+    """Tuning and the ordered mirror list."""
 
     mirrors: tuple[Mirror, ...] = (Mirror("hub", OFFICIAL_HUB),)
     concurrency: int = 4  # files at once
@@ -108,21 +100,3 @@ class FetchedFile:
     seconds: float
     verified: bool
     source: str  # "cache" or the mirror's name
-
-
-def read_token(secret: Path | None = None) -> str | None:
-    """The Hub token from the BuildKit secret mount (or a file), if there is one."""
-    try:
-        token = (secret or TOKEN_SECRET).read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
-    return token or None
-
-
-def load_config(path: Path | None) -> FetchConfig:
-    """The configuration from path, else the fetch_config secret, else $HF_ENDPOINT alone."""
-    source = path if path is not None else (CONFIG_SECRET if CONFIG_SECRET.exists() else None)
-    if source is None:
-        endpoint = os.environ.get("HF_ENDPOINT", OFFICIAL_HUB).rstrip("/")
-        return FetchConfig(mirrors=(Mirror("hub" if endpoint == OFFICIAL_HUB else "endpoint", endpoint),))
-    return FetchConfig.from_json(json.loads(source.read_text(encoding="utf-8")))

@@ -36,6 +36,32 @@ class Segment:
         return self.done >= self.length
 
 
+class Digests:
+    """The file's sha256 and, when the file will be an image layer of its own, the layer tar's:
+    the same bytes feed both, once, as they arrive (the layer's header is fed first, its end once
+    the file is whole)."""
+
+    def __init__(self, frame: tuple[bytes, bytes] | None = None) -> None:
+        self.file = hashlib.sha256()
+        self.frame = frame
+        self.layer = hashlib.sha256(frame[0]) if frame else None
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.file.update(data)
+        if self.layer is not None:
+            self.layer.update(data)
+
+    def hexdigest(self) -> str:
+        return self.file.hexdigest()
+
+    def layer_digest(self, size: int) -> tuple[str, int] | None:
+        """(digest, size) of the layer tar, once every byte of the file went in."""
+        if self.layer is None or self.frame is None:
+            return None
+        self.layer.update(self.frame[1])
+        return "sha256:" + self.layer.hexdigest(), len(self.frame[0]) + size + len(self.frame[1])
+
+
 @dataclass
 class Transfer:
     """A partial file and its segments; `state` persists beside it for resuming."""
@@ -47,7 +73,8 @@ class Transfer:
     failed: BaseException | None = None
     saved_at: float = 0.0
     first_open: int = 0  # segments before this index are complete
-    digest: Any = field(default_factory=hashlib.sha256)
+    digest: Any = field(default_factory=Digests)
+    frame: tuple[bytes, bytes] | None = None  # the layer tar around the file (builder/weights/tar.py)
     hashed: int = 0  # bytes from 0 already in digest
     hash_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -152,7 +179,7 @@ class TransferRun:
         transfer = self.transfer
         self.fd = os.open(transfer.part, os.O_RDWR)
         try:
-            transfer.digest, transfer.hashed = hashlib.sha256(), 0
+            transfer.digest, transfer.hashed = Digests(transfer.frame), 0
             hashed = threading.Event()
             pending = collections.deque(s for s in transfer.segments if not s.complete)
             hasher = threading.Thread(target=self._follow, args=(hashed,), name="sha256-follower", daemon=True)

@@ -26,14 +26,14 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from builder.errors import RegistryError
-from builder.registry.blobs import MIB, Blob, BlobMismatch, Limits, PushStats, PushStopped, Tally
-from builder.registry.client import OCI_MANIFEST, MountRefused, RegistryClient
+from builder.registry.blobs import MIB, Blob, BlobMismatch, BlobSource, Limits, PushStats, PushStopped, Tally
+from builder.registry.client import OCI_MANIFEST, MountRefused, RegistryClient, sha256
 from builder.registry.layers import BLOCK, EngineLayers, LayersUnavailable
 from builder.registry.profiles import Profile
 from builder.registry.upload import Uploader, gzip_stream
@@ -141,7 +141,7 @@ def is_weights_layer(created_by: str) -> bool:
 
 
 class Pusher:
-    def __init__(self, client: RegistryClient, store: EngineLayers, settings: PushSettings = PushSettings(),
+    def __init__(self, client: RegistryClient, store: EngineLayers | None, settings: PushSettings = PushSettings(),
                  on_progress: Callable[[PushProgress], None] = lambda progress: None,
                  stop: threading.Event | None = None, state_dir: Path | None = None) -> None:
         if settings.profile is not None:
@@ -159,6 +159,10 @@ class Pusher:
         self.tally = Tally(self.stats, self._blobs, self._report)
         self.uploader = Uploader(client, self.state, self.tally, Limits(client.profile, settings.chunk_bytes), self._stop,
                                  settings.gzip_level, settings.gzip_threads)
+        self._pool: ThreadPoolExecutor | None = None  # open from begin() to the end of push_blobs()
+        self._early: list[Future] = []
+        self._path = ""
+        self._started = time.perf_counter()
 
     @property
     def stop(self) -> threading.Event:
@@ -173,37 +177,76 @@ class Pusher:
         return self.settings.max_layer_bytes or self.client.profile.max_layer_bytes
 
     # -- planning ----------------------------------------------------------------------------------
+    def check_layer_size(self, diff_id: str, size: int) -> None:
+        if self.max_layer_bytes and size > self.max_layer_bytes:
+            raise RegistryError(
+                f"layer {diff_id[:19]} is {size / 1e9:.1f} GB, over the registry's largest layer "
+                f"({self.max_layer_bytes / 1e9:.1f} GB): split the file or use another registry"
+            )
+
+    def code_blob(self, layer: BlobSource) -> Blob:
+        """A layer of the code image, replayed from the engine's store: gzipped on the way (its
+        digest is known up front only when an earlier push remembered it)."""
+        self.check_layer_size(layer.diff_id, layer.size)
+        known = self.state.gzip_of(layer.diff_id, self.settings.gzip_level)
+        return Blob(LAYER_GZIP, layer, digest=known[0] if known else None, size=known[1] if known else None)
+
+    def present_blob(self, media_type: str, digest: str, size: int) -> Blob:
+        """A blob the repository already holds (the engine pushed it): a HEAD confirms it."""
+        return Blob(media_type, digest=digest, size=size)
+
+    def weights_blob(self, layer: BlobSource) -> Blob:
+        """A weights layer the builder made: uncompressed, its digest (= diff id) known up front."""
+        self.check_layer_size(layer.diff_id, layer.size)
+        return Blob(LAYER_TAR, layer, digest=layer.diff_id, size=layer.size, weights=True)
+
     def plan(self, image_id: str) -> tuple[bytes, list[Blob]]:
+        """Every layer of an image in the engine's store, as blobs (for an image the engine holds
+        whole: the benches' and the registry tests' images)."""
+        assert self.store is not None
         config = self.store.config(image_id)
         layers = self.store.layers(config)
         history = [h for h in json.loads(config).get("history") or [] if not h.get("empty_layer")]
         created = [h.get("created_by", "") for h in history] if len(history) == len(layers) else [""] * len(layers)
-        blobs = []
-        for layer, made_by in zip(layers, created):
-            if self.max_layer_bytes and layer.size > self.max_layer_bytes:
-                raise RegistryError(
-                    f"layer {layer.diff_id[:19]} is {layer.size / 1e9:.1f} GB, over the registry's largest layer "
-                    f"({self.max_layer_bytes / 1e9:.1f} GB): split the file or use another registry"
-                )
-            if is_weights_layer(made_by):
-                blobs.append(Blob(LAYER_TAR, layer, digest=layer.diff_id, size=layer.size, weights=True))
-            else:
-                known = self.state.gzip_of(layer.diff_id, self.settings.gzip_level)
-                blobs.append(Blob(LAYER_GZIP, layer, digest=known[0] if known else None,
-                                  size=known[1] if known else None))
-        return config, blobs
+        return config, [self.weights_blob(layer) if is_weights_layer(made_by) else self.code_blob(layer)
+                        for layer, made_by in zip(layers, created)]
 
     # -- the push ----------------------------------------------------------------------------------
     def push(self, name: str, tag: str, image_id: str) -> str:
-        """Push image `image_id` as name:tag; return the manifest digest."""
-        started = time.perf_counter()
-        path = self.client.ref.path(name)
+        """Push image `image_id` from the engine's layer store as name:tag; return the manifest digest."""
         config, layers = self.plan(image_id)
-        config_blob = Blob(OCI_CONFIG, data=config, digest=image_id, size=len(config))
-        self._blobs[:] = [config_blob, *layers]
-        self.stats.blobs = len(self._blobs)
-        self.stats.total_bytes = sum(b.expected for b in self._blobs)
-        self._send_all(path, sorted(self._blobs, key=lambda b: -b.expected))
+        return self.push_blobs(name, tag, config, layers)
+
+    def begin(self, name: str) -> None:
+        """Open the upload pool now, so blobs can go up (`send_early`) while the rest of the image
+        is still being made: weights layers while other files download."""
+        if self._pool is None:
+            self._started = time.perf_counter()
+            self._path = self.client.ref.path(name)
+            self._pool = ThreadPoolExecutor(max_workers=self.settings.parallel, thread_name_prefix="push")
+
+    def send_early(self, blob: Blob) -> None:
+        assert self._pool is not None, "begin() first"
+        with self.tally.lock:
+            self._blobs.append(blob)
+            self.stats.blobs += 1
+            self.stats.total_bytes += blob.expected
+        self._early.append(self._pool.submit(self._send, self._path, blob))
+
+    def push_blobs(self, name: str, reference: str | None, config: bytes, layers: list[Blob]) -> str:
+        """Push the image made of `config` and `layers` (in order) as name:reference, or by its
+        digest alone (no tag) when `reference` is None; return the manifest digest. Blobs already
+        sent early are not sent again."""
+        self.begin(name)
+        path = self.client.ref.path(name)
+        config_blob = Blob(OCI_CONFIG, data=config, digest=sha256(config), size=len(config))
+        early = {id(b) for b in self._blobs}
+        fresh = [b for b in [config_blob, *layers] if id(b) not in early]
+        with self.tally.lock:
+            self._blobs.extend(fresh)
+            self.stats.blobs = len(self._blobs)
+            self.stats.total_bytes = sum(b.expected for b in self._blobs)
+        self._send_all(path, sorted(fresh, key=lambda b: -b.expected))
         manifest = {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
@@ -211,10 +254,10 @@ class Pusher:
             "layers": [{"mediaType": b.media_type, "digest": b.digest, "size": b.size} for b in layers],
         }
         body = json.dumps(manifest, separators=(",", ":")).encode()
-        digest = self.client.put_manifest(name, tag, body, OCI_MANIFEST)
+        digest = self.client.put_manifest(name, reference or sha256(body), body, OCI_MANIFEST)
         if self.client.manifest_digest(name, digest) != digest:  # a HEAD: not counted as a pull
             raise RegistryError(f"{self.client.ref.repository(name)}@{digest} is not in the registry after the push: check its logs")
-        self.stats.seconds = round(time.perf_counter() - started, 2)
+        self.stats.seconds = round(time.perf_counter() - self._started, 2)
         self._report()
         return digest
 
@@ -222,9 +265,9 @@ class Pusher:
         """Every blob, `settings.parallel` at a time. The first real failure stops the others at
         their next chunk (their sessions kept); a blob that met a dropped connection or a 5xx has
         gone on by itself (upload.py), so what stops the push is what cannot be resumed."""
-        pool = ThreadPoolExecutor(max_workers=self.settings.parallel, thread_name_prefix="push")
+        pool = self._pool or ThreadPoolExecutor(max_workers=self.settings.parallel, thread_name_prefix="push")
         try:
-            futures = [pool.submit(self._send, path, blob) for blob in order]
+            futures = self._early + [pool.submit(self._send, path, blob) for blob in order]
             try:
                 finished, pending = wait(futures, return_when=FIRST_EXCEPTION)
             except KeyboardInterrupt:
@@ -239,6 +282,7 @@ class Pusher:
                 raise real[0] if real else self._stopped()
         finally:
             pool.shutdown(wait=True)
+            self._pool, self._early = None, []
 
     def _stopped(self) -> PushStopped:
         left = self.stats.total_bytes - sum(b.done for b in self._blobs)
@@ -254,6 +298,13 @@ class Pusher:
         self.on_progress(PushProgress(done, self.stats.total_bytes, blobs_done, len(self._blobs), self.stats))
 
     # -- one blob ----------------------------------------------------------------------------------
+    def send(self, path: str, blob: Blob) -> None:
+        """One blob into repository `path` (API path), outside an image's push: skipped when there,
+        mounted where it can be, else uploaded."""
+        with self.tally.lock:
+            self._blobs.append(blob)
+        self._send(path, blob)
+
     def _send(self, path: str, blob: Blob) -> None:
         if self.stop.is_set():
             raise PushStopped("stopped")

@@ -389,6 +389,71 @@ class Uploader:
             raise
 
 
+class StreamUpload:
+    """A blob written in order as its bytes arrive from elsewhere (a mirror, builder/fetch/stream.py),
+    into one upload session: pieces of the registry's chunk size (the last kept for the closing PUT
+    where the profile wants it there: ECR), closed only by `commit` with the digest, or cancelled.
+    Its bytes cannot be read again, so a piece that cannot be resumed ends the blob (one line)."""
+
+    def __init__(self, uploader: Uploader, path: str, weights: bool = True) -> None:
+        self.uploader = uploader
+        self.path = path
+        self.weights = weights
+        self.session: _Session | None = None
+        self.pending = bytearray()
+
+    def write(self, data: bytes) -> None:
+        if self.session is None:
+            self.session = self.uploader._open(self.path)
+        self.pending += data
+        keep = 1 if self.uploader.profile.last_part_in_put else 0
+        chunk = self.uploader.limits.chunk_for(self.session.minimum)
+        while len(self.pending) >= chunk + keep:
+            self.session = self._piece(bytes(self.pending[:chunk]))
+            del self.pending[:chunk]
+            chunk = self.uploader.limits.chunk_for(self.session.minimum)
+
+    def _piece(self, piece: bytes) -> _Session:
+        assert self.session is not None
+        try:
+            session = self.uploader._put_piece(self.path, self.session, piece)
+        except _StartOver as exc:
+            raise exc.cause from None
+        self._count(len(piece))
+        return session
+
+    def _count(self, sent: int) -> None:
+        with self.uploader.tally.lock:
+            self.uploader.tally.stats.sent_bytes += sent
+            if self.weights:
+                self.uploader.tally.stats.weight_bytes_sent += sent
+        self.uploader.tally.report()
+
+    def commit(self, digest: str, size: int) -> None:
+        if self.session is None:
+            self.session = self.uploader._open(self.path)
+        before = self.session.offset
+        try:
+            total = self.uploader._close(self.path, self.session, bytes(self.pending), digest)
+        except _StartOver as exc:
+            raise exc.cause from None
+        self._count(total - before)
+        self.pending.clear()
+        if total != size:
+            raise RegistryError(f"sent {total} bytes of a {size}-byte layer: the stream broke off")
+
+    def abort(self) -> None:
+        """Cancel the session (the distribution spec's DELETE); a registry that cannot forgets it in time."""
+        self.pending.clear()
+        if self.session is not None:
+            try:
+                self.uploader.client.request("DELETE", self.session.location,
+                                             self.uploader.client._scopes(self.path, True), retry=False)
+            except RegistryError:
+                pass
+            self.session = None
+
+
 class _StartOver(Exception):
     """A gzip blob whose session cannot go on: compress and send it again in a new one."""
 
